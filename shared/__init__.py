@@ -1,0 +1,1 @@
+"""What the ingest worker and the serve process share: settings, database access, the change feed."""

@@ -1,0 +1,50 @@
+"""The ``dzone`` command line: one group, one subcommand per process or tool.
+
+Subcommands live next to the code they run (``serve/cli.py``, ``ingest/cli.py``, ...) and are
+imported only when invoked, so ``dzone migrate`` does not pay for discord.py or websockets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+# name -> "module:attribute" of a click.Command
+SUBCOMMANDS: dict[str, str] = {
+    "migrate": "shared.commands:migrate",
+    "localdb": "shared.commands:localdb",
+    "simulate": "simulator.cli:simulate",
+    "ingest": "ingest.cli:ingest",
+    "serve": "serve.cli:serve",
+    "demo": "shared.demo:demo",
+    "status": "shared.status:status",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                raise click.ClickException(f"'dzone {cmd_name}' is not available in this build") from exc
+            raise
+        command: Any = getattr(module, attribute)
+        return command  # type: ignore[no-any-return]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dzone-pg")
+def main() -> None:
+    """dzone-pg: a PostgreSQL backend for d-zone (ingest from Discord, serve to browsers)."""

@@ -1,0 +1,115 @@
+"""All configuration, read from the environment and an optional ``.env`` file.
+
+``DATABASE_URL`` and ``DISCORD_BOT_TOKEN`` keep their customary names; everything else is ``DZONE_*``.
+Each process loads the class it needs with :func:`load`, which turns validation errors into one
+:class:`ConfigError` naming the variable and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DZONE_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+
+def _check_database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("expected a libpq URL such as postgresql://user:pass@host:5432/dbname")
+    return value
+
+
+class DatabaseSettings(_Base):
+    """How to reach PostgreSQL. Without ``DATABASE_URL`` the commands that can start an embedded one do."""
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL"), description="libpq URL"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    _url = field_validator("database_url")(_check_database_url)
+
+
+class DiscordSettings(_Base):
+    """Where Discord is. Unset base/gateway mean the real Discord; tests point them at the simulator."""
+
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str | None = None
+
+
+class IngestSettings(DatabaseSettings, DiscordSettings):
+    """Settings of ``dzone ingest``."""
+
+    discord_bot_token: SecretStr = Field(validation_alias=AliasChoices("DISCORD_BOT_TOKEN"))
+    include_bots: bool = False
+    relay_messages: bool = True
+    message_max_chars: int = Field(default=300, ge=1, le=2000)
+    batch_max_rows: int = Field(default=2000, ge=1)
+    batch_max_delay_ms: float = Field(default=5.0, ge=0)
+
+    @field_validator("discord_bot_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class ServeSettings(DatabaseSettings, DiscordSettings):
+    """Settings of ``dzone serve``; every limit of protocol rule 20 has a safe default here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=0, le=65535)
+    static_dir: str | None = None
+    oauth_client_id: str | None = None
+    max_frame_bytes: int = Field(default=16 * 1024, ge=256)
+    max_connections: int = Field(default=20_000, ge=1)
+    max_connections_per_ip: int = Field(default=500, ge=1)
+    connects_per_minute: int = Field(default=30, ge=1)
+    write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
+    snapshot_max_users: int = Field(default=2000, ge=1)
+    message_max_chars: int = Field(default=300, ge=1, le=2000)
+    allowed_origins: list[str] = Field(default_factory=list)
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    oauth_timeout_s: float = Field(default=5.0, gt=0)
+    oauth_cache_s: float = Field(default=60.0, ge=0)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _variable_name(cls: type[BaseSettings], field: str) -> str:
+    info = cls.model_fields.get(field)
+    if info is None:  # pydantic reports aliased fields by their alias, which is the variable name
+        return field
+    if isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    return f"DZONE_{field.upper()}"
+
+
+def load(cls: type[S], **overrides: object) -> S:
+    """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{_variable_name(cls, field)}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
