@@ -1,0 +1,53 @@
+"""``dzone migrate`` and ``dzone localdb``: the database commands of the CLI."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from shared.db import migrate as run_migrations
+from shared.db import redacted
+from shared.localdb import LocalDBError, LocalPostgres
+from shared.settings import ConfigError, DatabaseSettings, load
+
+
+@click.command()
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def migrate(sql: bool, revision: str) -> None:
+    """Upgrade the database at DATABASE_URL to the latest schema (twice is a no-op)."""
+    try:
+        url = load(DatabaseSettings).database_url
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if url is None:
+        if not sql:
+            raise click.ClickException("DATABASE_URL is not set (try: dzone localdb, then export its URL)")
+        url = "postgresql://offline/dzone"  # --sql renders without connecting
+    run_migrations(url, revision, sql=sql)
+    if not sql:
+        click.echo(f"database at {redacted(url)} is at revision {revision}", err=True)
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="TCP port (default: a free one).")
+@click.option("--no-migrate", is_flag=True, help="Leave the database empty.")
+def localdb(port: int | None, no_migrate: bool) -> None:
+    """Run a throwaway PostgreSQL in the foreground, migrated, and print its URL; Ctrl-C removes it."""
+    try:
+        with LocalPostgres(port=port) as server:
+            if not no_migrate:
+                run_migrations(server.url)
+            click.echo(server.url)
+            click.echo(f"export DATABASE_URL={server.url}   # Ctrl-C stops the server and deletes its files",
+                       err=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    except LocalDBError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,121 @@
+"""The change feed: what the database announces on LISTEN channel ``dzone_feed``, as typed events.
+
+Triggers (and the two notify functions) in migrations/versions/0001_schema.py build the payloads;
+this module is their one decoder, and holds the SQL that writers use to take part in the feed.
+docs/change-feed.md is the contract for anyone else listening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+CHANNEL = "dzone_feed"
+
+# Writers: run BULK_MODE first in a transaction to skip per-row notifications, then
+# NOTIFY_RESYNC once per server touched. NOTIFY_MESSAGE announces a chat message (never stored).
+BULK_MODE = "SET LOCAL dzone.bulk = 'on'"
+NOTIFY_RESYNC = "SELECT dzone_notify_resync($1)"
+NOTIFY_MESSAGE = "SELECT dzone_notify_message($1, $2, $3, $4, $5)"
+MESSAGE_MAX_CHARS = 1000  # the cap dzone_notify_message applies; keeps payloads under 8,000 bytes
+
+Status = Literal["online", "idle", "dnd", "offline"]
+STATUSES: frozenset[str] = frozenset(("online", "idle", "dnd", "offline"))
+
+
+class FeedDecodeError(ValueError):
+    """A payload on the feed channel is not one this version understands."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserUpserted:
+    """A discord_users row was inserted or changed; carries the whole new row."""
+
+    seq: int
+    server_id: str
+    user_id: str
+    username: str
+    status: Status
+    role_color: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeleted:
+    """A discord_users row was deleted (the member left, or an operator removed it)."""
+
+    seq: int
+    server_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerChanged:
+    """A discord_servers row was inserted, changed (``deleted`` False) or deleted; re-read it."""
+
+    seq: int
+    server_id: str
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResync:
+    """Many rows of one server changed in bulk without per-row events; re-read the whole server."""
+
+    seq: int
+    server_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A chat message posted in a relayed server; text already capped and on one line."""
+
+    seq: int
+    server_id: str
+    user_id: str
+    channel_id: str
+    message_id: str
+    text: str
+
+
+FeedEvent = UserUpserted | UserDeleted | ServerChanged | ServerResync | ChatMessage
+
+
+def decode(payload: str | bytes) -> FeedEvent:
+    """Parse one notification payload; raise FeedDecodeError naming what is wrong."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise FeedDecodeError(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise FeedDecodeError("payload is not a JSON object")
+    try:
+        kind = data["kind"]
+        seq = int(data["seq"])
+        server_id = str(data["server_id"])
+        if kind == "user":
+            if data["op"] == "delete":
+                return UserDeleted(seq, server_id, str(data["user_id"]))
+            if data["op"] == "upsert":
+                status = data["status"]
+                if status not in STATUSES:
+                    raise FeedDecodeError(f"unknown status {status!r}")
+                return UserUpserted(
+                    seq, server_id, str(data["user_id"]), str(data["username"]), status, str(data["role_color"])
+                )
+        elif kind == "server":
+            if data["op"] in ("upsert", "delete"):
+                return ServerChanged(seq, server_id, deleted=data["op"] == "delete")
+        elif kind == "resync":
+            return ServerResync(seq, server_id)
+        elif kind == "message":
+            return ChatMessage(
+                seq, server_id, str(data["user_id"]), str(data["channel_id"]), str(data["message_id"]),
+                str(data["text"]),
+            )
+    except KeyError as exc:
+        raise FeedDecodeError(f"{data.get('kind')!r} payload lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise FeedDecodeError(f"malformed {data.get('kind')!r} payload: {exc}") from None
+    raise FeedDecodeError(f"unknown payload kind/op {data.get('kind')!r}/{data.get('op')!r}")
