@@ -37,8 +37,8 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                raise click.ClickException(f"'dzone {cmd_name}' is not available in this build") from exc
+            if exc.name == module_name:  # that part is not installed: behave as an unknown command
+                return None
             raise
         command: Any = getattr(module, attribute)
         return command  # type: ignore[no-any-return]
