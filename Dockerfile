@@ -1,0 +1,15 @@
+# The one image every dzone-pg service runs (migrate, ingest, serve); see docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+COPY pyproject.toml README.md alembic.ini ./
+COPY shared ./shared
+COPY ingest ./ingest
+COPY serve ./serve
+COPY simulator ./simulator
+COPY migrations ./migrations
+# Editable: shared/db.py finds alembic.ini and migrations/ next to the sources.
+RUN pip install -e . && useradd --system --uid 10001 dzone
+USER dzone
+EXPOSE 3000
+CMD ["dzone", "--help"]

@@ -1,0 +1,171 @@
+"""docker-compose.yml without a Docker engine: every command is a real ``dzone`` invocation, every
+variable it needs is provided, and the services wait for each other and report health."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from shared.cli import main
+from shared.settings import ConfigError, DatabaseSettings, IngestSettings, ServeSettings, load
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+# The settings class each subcommand loads: what its environment must satisfy.
+SETTINGS_OF: dict[str, type[BaseSettings]] = {
+    "migrate": DatabaseSettings,
+    "ingest": IngestSettings,
+    "serve": ServeSettings,
+}
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def _env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env.example line without '=': {line!r}"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable substitution, strict: a required variable that is missing fails the test."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        current = env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op is None:
+            assert current is not None, f"${{{name}}} has no default and is not in .env.example"
+            return current
+        if op.endswith("?"):
+            assert not unset, f"required ${{{name}}} is not provided by .env.example ({arg})"
+            return str(current)
+        return arg if unset else str(current)
+
+    return VARIABLE.sub(substitute, value)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    resolved = _interpolate(raw, _env_example())
+    return {name: svc for name, svc in resolved["services"].items()}
+
+
+def _dzone_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in services.items() if svc.get("command", [None])[0] == "dzone"}
+
+
+def _settings_variables() -> set[str]:
+    """Every environment variable any dzone settings class reads."""
+    names: set[str] = set()
+    for cls in (DatabaseSettings, IngestSettings, ServeSettings):
+        for field, info in cls.model_fields.items():
+            alias = info.validation_alias
+            names.add(str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"DZONE_{field.upper()}")
+    return names
+
+
+def test_expected_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    assert {"postgres", "migrate", "ingest", "serve"} <= set(services)
+    assert set(_dzone_services(services)) == {"migrate", "ingest", "serve"}
+
+
+def test_every_command_is_a_real_dzone_invocation(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in _dzone_services(services).items():
+        command = svc["command"]
+        assert isinstance(command, list), f"{name}: use the exec form (a list), not a shell string"
+        ctx = click.Context(main)
+        sub = main.get_command(ctx, command[1])
+        assert sub is not None, f"{name}: `dzone {command[1]}` is not a dzone subcommand"
+        # Parsing checks that every option exists and every value has the right type.
+        try:
+            sub.make_context(command[1], list(command[2:]), parent=ctx)
+        except click.UsageError as exc:
+            pytest.fail(f"{name}: `{' '.join(command)}` does not parse: {exc}")
+
+
+def test_each_service_environment_satisfies_its_settings(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env file joins in
+    env_file = _env_example()
+    for name, svc in _dzone_services(services).items():
+        subcommand = svc["command"][1]
+        environment = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        with monkeypatch.context() as m:
+            for key in _settings_variables():
+                m.delenv(key, raising=False)
+            # env_file entries first, explicit environment wins (compose's precedence)
+            for key, value in {**env_file, **environment}.items():
+                m.setenv(key, value)
+            try:
+                settings = load(SETTINGS_OF[subcommand])
+            except ConfigError as exc:
+                pytest.fail(f"{name}: {exc}")
+            url = getattr(settings, "database_url", None)
+            assert url and "@postgres:5432/" in url, (
+                f"{name}: DATABASE_URL must point at the postgres service"
+            )
+
+
+def test_every_variable_is_known(raw: dict[str, Any]) -> None:
+    """A typo in a variable name would silently do nothing: each must be read by someone."""
+    referenced = set(VARIABLE.findall(COMPOSE.read_text()))
+    referenced_names = {name for name, _, _ in referenced}
+    known = _settings_variables() | referenced_names | {"POSTGRES_PASSWORD"}
+    for key in _env_example():
+        assert key in known, f".env.example sets {key}, which neither compose nor any dzone setting reads"
+    for name, svc in raw["services"].items():
+        for key in svc.get("environment") or {}:
+            if name != "postgres":
+                assert key in _settings_variables(), f"{name}: {key} is not a dzone setting"
+
+
+def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
+    assert "healthcheck" in services["postgres"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["restart"] == "no"
+    for name in ("ingest", "serve"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    serve = services["serve"]
+    assert int(serve["deploy"]["replicas"]) >= 2
+    port = serve["command"][serve["command"].index("--port") + 1]
+    assert serve["command"][serve["command"].index("--host") + 1] == "0.0.0.0"
+    assert f":{port}/readyz" in " ".join(serve["healthcheck"]["test"])
+    assert all(str(mapping).endswith(f":{port}") for mapping in serve["ports"])
+
+
+def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any]]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, svc in _dzone_services(services).items():
+        assert svc["build"] == ".", name
+    # the packages the image copies are the ones pyproject installs
+    for package in ("shared", "ingest", "serve", "simulator", "migrations"):
+        assert f"COPY {package} ./{package}" in dockerfile
