@@ -7,8 +7,6 @@ imported only when invoked, so ``dzone migrate`` does not pay for discord.py or 
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
 import click
 
 # name -> "module:attribute" of a click.Command
@@ -40,8 +38,8 @@ class LazyGroup(click.Group):
             if exc.name == module_name:  # that part is not installed: behave as an unknown command
                 return None
             raise
-        command: Any = getattr(module, attribute)
-        return command  # type: ignore[no-any-return]
+        command: click.Command = getattr(module, attribute)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

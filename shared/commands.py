@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -41,13 +42,13 @@ def localdb(port: int | None, no_migrate: bool) -> None:
             if not no_migrate:
                 run_migrations(server.url)
             click.echo(server.url)
-            click.echo(f"export DATABASE_URL={server.url}   # Ctrl-C stops the server and deletes its files",
-                       err=True)
+            click.echo(
+                f"export DATABASE_URL={server.url}   # Ctrl-C stops the server and deletes its files",
+                err=True,
+            )
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
                 stop.wait()
-            except KeyboardInterrupt:
-                pass
     except LocalDBError as exc:
         raise click.ClickException(str(exc)) from None

@@ -35,7 +35,9 @@ async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     return await asyncpg.connect(url, timeout=timeout)
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+) -> asyncpg.Pool:
     """A connection pool with a connect timeout and a per-statement timeout as defaults."""
     pool = await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=60.0

@@ -102,7 +102,12 @@ def decode(payload: str | bytes) -> FeedEvent:
                 if status not in STATUSES:
                     raise FeedDecodeError(f"unknown status {status!r}")
                 return UserUpserted(
-                    seq, server_id, str(data["user_id"]), str(data["username"]), status, str(data["role_color"])
+                    seq,
+                    server_id,
+                    str(data["user_id"]),
+                    str(data["username"]),
+                    status,
+                    str(data["role_color"]),
                 )
         elif kind == "server":
             if data["op"] in ("upsert", "delete"):
@@ -111,7 +116,11 @@ def decode(payload: str | bytes) -> FeedEvent:
             return ServerResync(seq, server_id)
         elif kind == "message":
             return ChatMessage(
-                seq, server_id, str(data["user_id"]), str(data["channel_id"]), str(data["message_id"]),
+                seq,
+                server_id,
+                str(data["user_id"]),
+                str(data["channel_id"]),
+                str(data["message_id"]),
                 str(data["text"]),
             )
     except KeyError as exc:

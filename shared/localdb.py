@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 SUPERUSER = "dzone"
 DATABASE = "dzone"
@@ -37,7 +38,9 @@ def find_bindir() -> Path:
         candidates.append(Path(env))
     if pg_config := shutil.which("pg_config"):
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            )
             candidates.append(Path(out.stdout.strip()))
     if initdb := shutil.which("initdb"):
         candidates.append(Path(initdb).parent)
@@ -121,12 +124,31 @@ class LocalPostgres:
             if self._user is not None:
                 os.chown(self._dir, self._user.pw_uid, self._user.pw_gid)
             self._run(
-                [str(self.bindir / "initdb"), "-D", str(self._dir / "data"), "-U", SUPERUSER,
-                 "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self._dir / "data"),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
             )
             self._launch()
-            self._run([str(self.bindir / "createdb"), "-h", str(self._dir), "-p", str(self.port), "-U",
-                       SUPERUSER, DATABASE])
+            self._run(
+                [
+                    str(self.bindir / "createdb"),
+                    "-h",
+                    str(self._dir),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    SUPERUSER,
+                    DATABASE,
+                ]
+            )
         except BaseException:
             self.stop()
             raise
@@ -136,11 +158,26 @@ class LocalPostgres:
         assert self._dir is not None and self.bindir is not None
         self.port = self.port or _free_port()
         args = [
-            str(self.bindir / "postgres"), "-D", str(self._dir / "data"), "-p", str(self.port),
-            "-h", "127.0.0.1", "-k", str(self._dir),
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self._dir / "data"),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self._dir),
             # A throwaway server: durability buys nothing, speed does.
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=300", "-c", "shared_buffers=128MB",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=128MB",
         ]
         if self.log_statements:
             args += ["-c", "log_statement=all"]
@@ -153,15 +190,20 @@ class LocalPostgres:
             log.close()
         self._wait_ready()
 
-    def _as_user(self) -> dict[str, object]:
+    def _as_user(self) -> dict[str, Any]:
         if self._user is None:
             return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": [],
-                "env": {**os.environ, "HOME": str(self._dir)}}
+        return {
+            "user": self._user.pw_uid,
+            "group": self._user.pw_gid,
+            "extra_groups": [],
+            "env": {**os.environ, "HOME": str(self._dir)},
+        }
 
     def _run(self, args: list[str]) -> None:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False,
-                                **self._as_user())  # type: ignore[call-overload]
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=120, check=False, **self._as_user()
+        )
         if result.returncode != 0:
             raise LocalDBError(f"{Path(args[0]).name} failed ({result.returncode}): {result.stderr.strip()}")
 
@@ -170,11 +212,14 @@ class LocalPostgres:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise LocalDBError(f"postgres exited with {self._process.returncode}: {self.read_log()[-2000:]}")
+                raise LocalDBError(
+                    f"postgres exited with {self._process.returncode}: {self.read_log()[-2000:]}"
+                )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
                 probe = subprocess.run(
                     [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],  # type: ignore[operator]
-                    check=False, timeout=5,
+                    check=False,
+                    timeout=5,
                 )
                 if probe.returncode == 0:
                     return
@@ -222,6 +267,7 @@ class LocalPostgres:
     def __enter__(self) -> LocalPostgres:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -7,7 +7,7 @@ Each process loads the class it needs with :func:`load`, which turns validation 
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -89,6 +89,14 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     oauth_timeout_s: float = Field(default=5.0, gt=0)
     oauth_cache_s: float = Field(default=60.0, ge=0)
+    # serve internals: how long a viewer may sit above its write buffer before it is dropped, how long a
+    # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
+    slow_viewer_grace_s: float = Field(default=10.0, gt=0)
+    provider_timeout_s: float = Field(default=10.0, gt=0)
+    listener_probe_interval_s: float = Field(default=5.0, gt=0)
+    listener_probe_timeout_s: float = Field(default=3.0, gt=0)
+    listener_backoff_max_s: float = Field(default=5.0, gt=0)
+    pool_max_size: int = Field(default=5, ge=1)
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -103,7 +111,7 @@ def _variable_name(cls: type[BaseSettings], field: str) -> str:
     return f"DZONE_{field.upper()}"
 
 
-def load(cls: type[S], **overrides: object) -> S:
+def load(cls: type[S], **overrides: Any) -> S:
     """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable."""
     try:
         return cls(**overrides)

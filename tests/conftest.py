@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from tests.pg import TestServer, create_database, create_template, drop_database, test_server, with_database
+from tests.pg import PgServer, create_database, create_template, drop_database, test_server, with_database
 
 
 @pytest.fixture(scope="session")
-def pg() -> Iterator[TestServer]:
+def pg() -> Iterator[PgServer]:
     """The session's PostgreSQL server (``pg.restart()`` works on the embedded one)."""
     with test_server() as server:
         create_template(server)
@@ -19,7 +19,7 @@ def pg() -> Iterator[TestServer]:
 
 
 @pytest.fixture
-def database_url(pg: TestServer) -> Iterator[str]:
+def database_url(pg: PgServer) -> Iterator[str]:
     """URL of a fresh database with the schema at head, dropped after the test."""
     name = create_database(pg)
     try:

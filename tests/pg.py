@@ -28,7 +28,7 @@ def with_database(url: str, name: str) -> str:
 
 
 @dataclass
-class TestServer:
+class PgServer:
     """A PostgreSQL server for the test session; ``local`` is set when we started it ourselves."""
 
     admin_url: str
@@ -47,24 +47,24 @@ def _docker_answers() -> bool:
         return False
     try:
         docker.from_env(timeout=2).ping()
-    except Exception:  # noqa: BLE001 - any failure means "no usable engine", which is the answer we want
+    except Exception:  # any failure means "no usable engine", which is the answer we want
         return False
     return True
 
 
 @contextlib.contextmanager
-def test_server() -> Iterator[TestServer]:
+def test_server() -> Iterator[PgServer]:
     if url := os.environ.get("DATABASE_URL"):
-        yield TestServer(admin_url=url)
+        yield PgServer(admin_url=url)
         return
     if os.environ.get("DZONE_TEST_DOCKER", "auto") != "never" and _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:15", driver=None) as container:
-            yield TestServer(admin_url=container.get_connection_url())
+            yield PgServer(admin_url=container.get_connection_url())
         return
     with LocalPostgres() as local:
-        yield TestServer(admin_url=local.url, local=local)
+        yield PgServer(admin_url=local.url, local=local)
 
 
 async def _admin(url: str, *statements: str) -> None:
@@ -76,16 +76,18 @@ async def _admin(url: str, *statements: str) -> None:
         await conn.close()
 
 
-def create_template(server: TestServer) -> None:
-    asyncio.run(_admin(server.admin_url, f"DROP DATABASE IF EXISTS {TEMPLATE}", f"CREATE DATABASE {TEMPLATE}"))
+def create_template(server: PgServer) -> None:
+    asyncio.run(
+        _admin(server.admin_url, f"DROP DATABASE IF EXISTS {TEMPLATE}", f"CREATE DATABASE {TEMPLATE}")
+    )
     migrate(with_database(server.admin_url, TEMPLATE))
 
 
-def create_database(server: TestServer) -> str:
+def create_database(server: PgServer) -> str:
     name = f"test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(server.admin_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
     return name
 
 
-def drop_database(server: TestServer, name: str) -> None:
+def drop_database(server: PgServer, name: str) -> None:
     asyncio.run(_admin(server.admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

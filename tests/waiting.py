@@ -10,8 +10,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def wait_for(condition: Callable[[], Awaitable[T] | T], timeout: float = 10.0, interval: float = 0.02,
-                   message: str = "condition") -> T:
+async def wait_for(
+    condition: Callable[[], Awaitable[T] | T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``message`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     last: T | None = None

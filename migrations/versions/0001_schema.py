@@ -194,7 +194,13 @@ def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS server_presence_summary")
     op.execute("DROP TABLE IF EXISTS discord_users")
     op.execute("DROP TABLE IF EXISTS discord_servers")
-    for function in ("dzone_notify_message(text, text, text, text, text)", "dzone_notify_resync(text)",
-                     "dzone_servers_feed()", "dzone_users_feed()", "dzone_users_touch()", "dzone_feed_bulk()"):
+    for function in (
+        "dzone_notify_message(text, text, text, text, text)",
+        "dzone_notify_resync(text)",
+        "dzone_servers_feed()",
+        "dzone_users_feed()",
+        "dzone_users_touch()",
+        "dzone_feed_bulk()",
+    ):
         op.execute(f"DROP FUNCTION IF EXISTS {function}")
     op.execute("DROP SEQUENCE IF EXISTS dzone_feed_seq")

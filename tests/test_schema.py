@@ -1,0 +1,264 @@
+"""The schema as alembic builds it: round trips, the guide's SQL verbatim, and every constraint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from shared.db import downgrade, migrate
+from tests.pg import PgServer, with_database
+
+
+@pytest.fixture
+def empty_database_url(pg: PgServer):
+    """A database without any schema, for migration tests."""
+    import uuid
+
+    from tests.pg import _admin, drop_database
+
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(pg.admin_url, f"CREATE DATABASE {name}"))
+    try:
+        yield with_database(pg.admin_url, name)
+    finally:
+        drop_database(pg, name)
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        return {r["table_name"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
+    schema = {"discord_servers", "discord_users", "server_presence_summary"}
+    migrate(empty_database_url)
+    migrate(empty_database_url)  # twice is a no-op
+    assert schema <= asyncio.run(_tables(empty_database_url))
+    downgrade(empty_database_url)
+    assert asyncio.run(_tables(empty_database_url)) == {"alembic_version"}
+    migrate(empty_database_url)
+    assert schema <= asyncio.run(_tables(empty_database_url))
+
+
+def test_dzone_migrate_command_creates_schema_visible_in_psql(empty_database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database_url}
+    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True, timeout=120)
+    described = subprocess.run(
+        ["psql", empty_database_url, "-X", "-c", r"\dt", "-c", r"\dv", "-c", r"\d discord_users"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for name in (
+        "discord_servers",
+        "discord_users",
+        "server_presence_summary",
+        "discord_users_feed_update",
+        "discord_users_feed_insert_delete",
+        "discord_users_touch",
+    ):
+        assert name in described
+
+
+def test_dzone_migrate_without_database_url_fails_clearly() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL" in result.stderr
+
+
+# The guide's SQL (d-back docs, "Using asyncpg with PostgreSQL"), copied verbatim.
+GUIDE_USERS_SQL = """
+                SELECT user_id, username, status, role_color
+                FROM discord_users
+                WHERE server_id = $1 AND status != 'offline'
+                """
+GUIDE_SERVERS_SQL = """
+                SELECT server_id, name, passworded, is_default
+                FROM discord_servers
+                WHERE enabled = true
+                """
+
+
+async def test_guide_queries_run_verbatim(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO discord_servers (server_id, name, is_default) VALUES ('232769614004748288', "
+        "'D-World', true), ('482241773318701056', 'Docs', false)"
+    )
+    await conn.execute("UPDATE discord_servers SET enabled = false WHERE server_id = '482241773318701056'")
+    await conn.execute(
+        "INSERT INTO discord_users (user_id, server_id, username, status, role_color) VALUES "
+        "('1', '232769614004748288', 'vegeta897', 'online', '#ff6b6b'), "
+        "('2', '232769614004748288', 'NNTin', 'offline', '#99aab5')"
+    )
+    users = await conn.fetch(GUIDE_USERS_SQL, "232769614004748288")
+    assert [(r["user_id"], r["username"], r["status"], r["role_color"]) for r in users] == [
+        ("1", "vegeta897", "online", "#ff6b6b")
+    ]
+    servers = await conn.fetch(GUIDE_SERVERS_SQL)
+    assert [(r["server_id"], r["name"], r["passworded"], r["is_default"]) for r in servers] == [
+        ("232769614004748288", "D-World", False, True)
+    ]
+
+
+async def test_guide_schema_columns_and_index_exist(conn: asyncpg.Connection) -> None:
+    columns = await conn.fetch(
+        "SELECT table_name, column_name, data_type, character_maximum_length FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND table_name IN ('discord_servers', 'discord_users')"
+    )
+    found = {
+        (r["table_name"], r["column_name"]): (r["data_type"], r["character_maximum_length"]) for r in columns
+    }
+    expected = {
+        ("discord_servers", "server_id"): ("character varying", 20),
+        ("discord_servers", "name"): ("character varying", 100),
+        ("discord_servers", "passworded"): ("boolean", None),
+        ("discord_servers", "is_default"): ("boolean", None),
+        ("discord_servers", "enabled"): ("boolean", None),
+        ("discord_servers", "created_at"): ("timestamp without time zone", None),
+        ("discord_users", "user_id"): ("character varying", 20),
+        ("discord_users", "server_id"): ("character varying", 20),
+        ("discord_users", "username"): ("character varying", 100),
+        ("discord_users", "status"): ("character varying", 10),
+        ("discord_users", "role_color"): ("character varying", 7),
+        ("discord_users", "last_seen"): ("timestamp without time zone", None),
+    }
+    for key, value in expected.items():
+        assert found[key] == value, key
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_users_server_status'")
+        == 1
+    )
+
+
+SERVER = "INSERT INTO discord_servers (server_id, name) VALUES ('100', 'Guild')"
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        (
+            "INSERT INTO discord_users VALUES ('1', '100', 'a', 'away', '#000000')",
+            "discord_users_status_known",
+        ),
+        (
+            "INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', '#GGGGGG')",
+            "discord_users_role_color_hex",
+        ),
+        (
+            "INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', '#ABCDEF')",
+            "discord_users_role_color_hex",
+        ),
+        (
+            "INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', 'red')",
+            "discord_users_role_color_hex",
+        ),
+        (
+            "INSERT INTO discord_users VALUES ('u1', '100', 'a', 'online', '#000000')",
+            "discord_users_user_id_snowflake",
+        ),
+        (
+            "INSERT INTO discord_users VALUES ('1', '999', 'a', 'online', '#000000')",
+            "discord_users_server_id_fkey",
+        ),
+        (
+            "INSERT INTO discord_servers (server_id, name) VALUES ('abc', 'x')",
+            "discord_servers_server_id_snowflake",
+        ),
+        (
+            "INSERT INTO discord_servers (server_id, name) VALUES ('101', '  ')",
+            "discord_servers_name_not_blank",
+        ),
+        (
+            "INSERT INTO discord_servers (server_id, name, alias) VALUES ('101', 'x', '12345')",
+            "discord_servers_alias_format",
+        ),
+        (
+            "INSERT INTO discord_servers (server_id, name, alias) VALUES ('101', 'x', 'has space')",
+            "discord_servers_alias_format",
+        ),
+        ("UPDATE discord_servers SET oauth_client_id = 'nope'", "discord_servers_oauth_client_id_snowflake"),
+        (
+            "INSERT INTO discord_servers (server_id, name, is_default) VALUES ('101', 'x', true), ('102', 'y', true)",
+            "discord_servers_one_default",
+        ),
+    ],
+)
+async def test_constraints_reject_bad_rows(conn: asyncpg.Connection, statement: str, constraint: str) -> None:
+    await conn.execute(SERVER)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError) as caught:
+        await conn.execute(statement)
+    assert caught.value.constraint_name == constraint
+    assert constraint in str(caught.value)
+
+
+async def test_alias_is_unique(conn: asyncpg.Connection) -> None:
+    await conn.execute("INSERT INTO discord_servers (server_id, name, alias) VALUES ('1', 'a', 'dworld')")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute("INSERT INTO discord_servers (server_id, name, alias) VALUES ('2', 'b', 'dworld')")
+
+
+async def test_deleting_a_server_cascades_to_its_users(conn: asyncpg.Connection) -> None:
+    await conn.execute(SERVER)
+    await conn.execute("INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', '#000000')")
+    await conn.execute("DELETE FROM discord_servers WHERE server_id = '100'")
+    assert await conn.fetchval("SELECT count(*) FROM discord_users") == 0
+
+
+async def test_operator_defaults(conn: asyncpg.Connection) -> None:
+    await conn.execute(SERVER)
+    row = await conn.fetchrow("SELECT * FROM discord_servers")
+    assert row is not None
+    assert (row["hide_offline"], row["relay_messages"], row["enabled"], row["passworded"]) == (
+        True,
+        True,
+        True,
+        False,
+    )
+    assert row["alias"] is None and row["departed_at"] is None
+
+
+async def test_presence_summary_view(conn: asyncpg.Connection) -> None:
+    await conn.execute(SERVER)
+    await conn.execute("INSERT INTO discord_servers (server_id, name) VALUES ('200', 'Empty')")
+    await conn.execute(
+        "INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', '#000000'), ('2', '100', 'b', 'idle', "
+        "'#000000'), ('3', '100', 'c', 'offline', '#000000'), ('4', '100', 'd', 'offline', '#000000'), "
+        "('5', '100', 'e', 'dnd', '#000000')"
+    )
+    rows = {r["server_id"]: r for r in await conn.fetch("SELECT * FROM server_presence_summary")}
+    busy = rows["100"]
+    assert (busy["members"], busy["online"], busy["idle"], busy["dnd"], busy["offline"]) == (5, 1, 1, 1, 2)
+    assert busy["last_change"] is not None
+    assert rows["200"]["members"] == 0 and rows["200"]["last_change"] is None
+
+
+async def test_last_seen_moves_only_on_real_change(conn: asyncpg.Connection) -> None:
+    await conn.execute(SERVER)
+    await conn.execute(
+        "INSERT INTO discord_users (user_id, server_id, username, status, role_color, last_seen) "
+        "VALUES ('1', '100', 'a', 'online', '#000000', '2020-01-01')"
+    )
+    await conn.execute("UPDATE discord_users SET status = 'online'")
+    assert str(await conn.fetchval("SELECT last_seen FROM discord_users")) == "2020-01-01 00:00:00"
+    await conn.execute("UPDATE discord_users SET status = 'idle'")
+    assert (await conn.fetchval("SELECT last_seen FROM discord_users")).year > 2020

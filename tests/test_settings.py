@@ -1,0 +1,49 @@
+"""Settings fail at start with a message naming the variable and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import ConfigError, DatabaseSettings, IngestSettings, ServeSettings, load
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in ("DATABASE_URL", "DISCORD_BOT_TOKEN", "DZONE_PORT", "DZONE_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_database_url_must_be_a_libpq_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://localhost/x")
+    with pytest.raises(ConfigError, match=r"DATABASE_URL: .*postgresql://"):
+        load(DatabaseSettings)
+
+
+def test_missing_bot_token_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN: Field required"):
+        load(IngestSettings)
+
+
+def test_blank_bot_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "   ")
+    with pytest.raises(ConfigError, match=r"DISCORD_BOT_TOKEN: .*empty"):
+        load(IngestSettings)
+
+
+def test_prefixed_variables_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DZONE_PORT", "not-a-port")
+    with pytest.raises(ConfigError, match=r"DZONE_PORT: .*integer"):
+        load(ServeSettings)
+
+
+def test_dotenv_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://u@h/db\nDZONE_LOG_LEVEL=debug\n")
+    settings = load(DatabaseSettings)
+    assert settings.database_url == "postgresql://u@h/db" and settings.log_level == "debug"
+
+
+def test_token_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "super-secret-token")
+    settings = load(IngestSettings)
+    assert "super-secret-token" not in repr(settings) and "super-secret-token" not in str(settings)
