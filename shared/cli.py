@@ -7,6 +7,7 @@ imported only when invoked, so ``dzone migrate`` does not pay for discord.py or 
 from __future__ import annotations
 
 import importlib
+
 import click
 
 # name -> "module:attribute" of a click.Command
