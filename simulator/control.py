@@ -1,0 +1,201 @@
+"""The control and truth API under ``/_sim/``: read the truth, steer the scenario, inject events and faults.
+
+Bodies and answers are JSON; ids may be given as numbers or strings (answers use strings, like Discord).
+A bad request answers 400, an unknown guild/member/role/channel 404, both as ``{"error": "..."}``.
+The routes are documented in docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from simulator.engine import UNSET
+from simulator.world import InvalidValueError, SimulatorError, UnknownObjectError
+
+if TYPE_CHECKING:
+    from simulator.server import Simulator
+
+CONTROL_PREFIX = "/_sim"
+MAX_CONTROL_BODY = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _snowflake(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidValueError(f"{key} is required (a snowflake, as a number or a string)")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidValueError(f"{key} must be a snowflake, not {value!r}") from None
+
+
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidValueError(f"{key} must be a string")
+    return value
+
+
+def _roles(body: dict[str, Any]) -> list[int]:
+    roles = body.get("roles", [])
+    if not isinstance(roles, list):
+        raise InvalidValueError("roles must be a list of role ids")
+    return [_snowflake({"role": r}, "role") for r in roles]
+
+
+class ControlApi:
+    """aiohttp handlers bound to one Simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def routes(self) -> list[web.RouteDef]:
+        p = CONTROL_PREFIX
+        post: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "pause": self.pause,
+            "resume": self.resume,
+            "presence": self.presence,
+            "message": self.message,
+            "members/add": self.member_add,
+            "members/remove": self.member_remove,
+            "members/update": self.member_update,
+            "roles/color": self.role_color,
+            "guilds/rename": self.guild_rename,
+            "guilds/remove": self.guild_remove,
+            "oauth/token": self.oauth_token,
+            "faults/drop": self.fault_drop,
+            "faults/reconnect": self.fault_reconnect,
+            "faults/invalid-session": self.fault_invalid_session,
+            "faults/stop-heartbeat-acks": self.fault_stop_acks,
+            "faults/resume-heartbeat-acks": self.fault_resume_acks,
+        }
+        routes = [web.get(f"{p}/state", self.state), web.get(f"{p}/stats", self.stats)]
+        routes += [web.post(f"{p}/{name}", self._wrap(action)) for name, action in post.items()]
+        return routes
+
+    def _wrap(self, action: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if request.content_length is not None and request.content_length > MAX_CONTROL_BODY:
+                return _json({"error": "request body too large"}, status=413)
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError:
+                return _json({"error": "the body is not valid JSON"}, status=400)
+            if not isinstance(body, dict):
+                return _json({"error": "the body must be a JSON object"}, status=400)
+            try:
+                result = await action(body)
+            except UnknownObjectError as exc:
+                return _json({"error": str(exc)}, status=404)
+            except SimulatorError as exc:
+                return _json({"error": str(exc)}, status=400)
+            return _json({"ok": True} if result is None else result)
+
+        return handler
+
+    async def state(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.sim.state())
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.sim.stats())
+
+    async def pause(self, body: dict[str, Any]) -> None:
+        self.sim.pause()
+
+    async def resume(self, body: dict[str, Any]) -> None:
+        self.sim.resume()
+
+    async def presence(self, body: dict[str, Any]) -> None:
+        status = body.get("status")
+        if not isinstance(status, str):
+            raise InvalidValueError("status is required")
+        await self.sim.set_presence(_snowflake(body, "guild_id"), _snowflake(body, "user_id"), status)
+
+    async def message(self, body: dict[str, Any]) -> dict[str, Any]:
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise InvalidValueError("content is required")
+        return await self.sim.send_message(
+            _snowflake(body, "guild_id"), _snowflake(body, "channel_id"), _snowflake(body, "user_id"), content
+        )
+
+    async def member_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        bot = body.get("bot", False)
+        if not isinstance(bot, bool):
+            raise InvalidValueError("bot must be true or false")
+        return await self.sim.add_member(
+            _snowflake(body, "guild_id"),
+            user_id=_snowflake(body, "user_id") if body.get("user_id") is not None else None,
+            username=_optional_str(body, "username"),
+            global_name=_optional_str(body, "global_name"),
+            nick=_optional_str(body, "nick"),
+            bot=bot,
+            status=_optional_str(body, "status"),
+            roles=_roles(body),
+        )
+
+    async def member_remove(self, body: dict[str, Any]) -> None:
+        await self.sim.remove_member(_snowflake(body, "guild_id"), _snowflake(body, "user_id"))
+
+    async def member_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.sim.update_member(
+            _snowflake(body, "guild_id"),
+            _snowflake(body, "user_id"),
+            nick=_optional_str(body, "nick") if "nick" in body else UNSET,
+            roles=_roles(body) if "roles" in body else UNSET,
+        )
+
+    async def role_color(self, body: dict[str, Any]) -> None:
+        color = body.get("color")
+        if isinstance(color, str):
+            try:
+                color = int(color.removeprefix("#"), 16)
+            except ValueError:
+                raise InvalidValueError("color must be an integer or a #rrggbb string") from None
+        if not isinstance(color, int):
+            raise InvalidValueError("color is required")
+        await self.sim.set_role_color(_snowflake(body, "guild_id"), _snowflake(body, "role_id"), color)
+
+    async def guild_rename(self, body: dict[str, Any]) -> None:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidValueError("name is required")
+        await self.sim.rename_guild(_snowflake(body, "guild_id"), name)
+
+    async def guild_remove(self, body: dict[str, Any]) -> None:
+        await self.sim.remove_guild(_snowflake(body, "guild_id"))
+
+    async def oauth_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        user_id = _snowflake(body, "user_id") if body.get("user_id") is not None else None
+        token = self.sim.issue_oauth_token(user_id)
+        owner = self.sim.world.oauth_tokens[token]
+        return {"token": token, "user_id": str(owner)}
+
+    async def fault_drop(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": await self.sim.drop_connections()}
+
+    async def fault_reconnect(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": await self.sim.send_reconnect()}
+
+    async def fault_invalid_session(self, body: dict[str, Any]) -> dict[str, Any]:
+        resumable = body.get("resumable", False)
+        if not isinstance(resumable, bool):
+            raise InvalidValueError("resumable must be true or false")
+        return {"connections": await self.sim.send_invalid_session(resumable=resumable)}
+
+    async def fault_stop_acks(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.sim.stop_heartbeat_acks()}
+
+    async def fault_resume_acks(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.sim.resume_heartbeat_acks()}

@@ -1,0 +1,221 @@
+"""Changes to the simulated Discord: each one updates the truth and queues its gateway event in one step.
+
+Used by the scenario, the in-process :class:`~simulator.server.Simulator` API and the ``/_sim/`` control
+routes alike, so an injected change and a random one are indistinguishable to a client.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from simulator.gateway import (
+    INTENT_GUILDS,
+    INTENT_MEMBERS,
+    INTENT_MESSAGE_CONTENT,
+    INTENT_MESSAGES,
+    INTENT_PRESENCES,
+    GatewayHub,
+    Session,
+)
+from simulator.scenario import WorldBuilder
+from simulator.world import (
+    MAX_MESSAGE_LENGTH,
+    STATUSES,
+    InvalidValueError,
+    Member,
+    User,
+    World,
+    guild_update_payload,
+    member_payload,
+    member_truth,
+    message_payload,
+    presence_payload,
+    role_payload,
+    snowflake_time_iso,
+    user_payload,
+)
+
+MAX_NAME_LENGTH = 32  # usernames, global names and nicks
+UNSET: Any = object()  # "leave this field as it is" for update_member
+
+
+def _text(value: Any, what: str, *, low: int, high: int) -> str:
+    if not isinstance(value, str) or not low <= len(value.strip()) <= high:
+        raise InvalidValueError(f"{what} must be a string of {low}-{high} characters")
+    return value
+
+
+class Engine:
+    """The one place where the world changes."""
+
+    def __init__(self, world: World, hub: GatewayHub, builder: WorldBuilder) -> None:
+        self.world = world
+        self.hub = hub
+        self.builder = builder
+
+    # -- presence and messages ----------------------------------------------------------------------
+
+    def set_presence(self, guild_id: int, user_id: int, status: str) -> None:
+        """Set a member's status; like Discord, every guild the user shares with the bot gets the update."""
+        if status not in STATUSES:
+            raise InvalidValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        user = self.world.member(guild_id, user_id).user
+        user.status = status
+        for shared_guild_id in sorted(self.world.user_guilds.get(user_id, ())):
+            if self.hub.listening(shared_guild_id, INTENT_PRESENCES):
+                self.hub.dispatch(
+                    "PRESENCE_UPDATE",
+                    shared_guild_id,
+                    INTENT_PRESENCES,
+                    presence_payload(shared_guild_id, user),
+                )
+
+    def send_message(self, guild_id: int, channel_id: int, user_id: int, content: str) -> dict[str, Any]:
+        """Post a message as a member; sessions without the message-content intent get empty content."""
+        content = _text(content, "content", low=1, high=MAX_MESSAGE_LENGTH)
+        channel = self.world.channel(guild_id, channel_id)
+        member = self.world.member(guild_id, user_id)
+        payload = message_payload(guild_id, channel_id, self.world.ids.next(), member, content)
+        channel.messages.append(payload)
+
+        def without_content(session: Session) -> dict[str, Any] | None:
+            if session.has(INTENT_MESSAGE_CONTENT):
+                return None
+            return {**payload, "content": ""}
+
+        self.hub.dispatch("MESSAGE_CREATE", guild_id, INTENT_MESSAGES, payload, variant=without_content)
+        return payload
+
+    # -- membership ---------------------------------------------------------------------------------
+
+    def add_member(
+        self,
+        guild_id: int,
+        *,
+        user_id: int | None = None,
+        username: str | None = None,
+        global_name: str | None = None,
+        nick: str | None = None,
+        bot: bool = False,
+        status: str | None = None,
+        roles: Sequence[int] = (),
+    ) -> dict[str, Any]:
+        """A user joins (a new account, or an existing one by ``user_id``): GUILD_MEMBER_ADD (+ presence)."""
+        guild = self.world.guild(guild_id)
+        if status is not None and status not in STATUSES:
+            raise InvalidValueError(f"status must be one of {', '.join(STATUSES)}")
+        for role_id in roles:
+            self.world.role(guild_id, role_id)
+        if nick is not None:
+            _text(nick, "nick", low=1, high=MAX_NAME_LENGTH)
+        if user_id is not None:
+            user = self.world.users.get(user_id)
+            if user is None:
+                raise InvalidValueError(f"unknown user {user_id}")
+            if user_id in guild.members:
+                raise InvalidValueError(f"user {user_id} is already a member of guild {guild_id}")
+        else:
+            user = self.builder.new_user(bot=bot)
+            if username is not None:
+                user.username = _text(username, "username", low=2, high=MAX_NAME_LENGTH)
+            if global_name is not None:
+                user.global_name = _text(global_name, "global_name", low=1, high=MAX_NAME_LENGTH)
+        if status is not None:
+            user.status = status
+        member = Member(
+            user=user,
+            nick=nick,
+            roles=sorted(set(roles)),
+            joined_at=snowflake_time_iso(self.world.ids.next()),
+        )
+        self.world.join(guild, member)
+        self.hub.dispatch(
+            "GUILD_MEMBER_ADD",
+            guild_id,
+            INTENT_MEMBERS,
+            {**member_payload(member), "guild_id": str(guild_id)},
+        )
+        if user.status != "offline":
+            self.hub.dispatch("PRESENCE_UPDATE", guild_id, INTENT_PRESENCES, presence_payload(guild_id, user))
+        return member_truth(guild, member)
+
+    def remove_member(self, guild_id: int, user_id: int) -> None:
+        """A member leaves (or is kicked): GUILD_MEMBER_REMOVE."""
+        guild = self.world.guild(guild_id)
+        if user_id == self.world.bot_user.id:
+            raise InvalidValueError("the bot leaves a guild with remove_guild, not remove_member")
+        member = self.world.member(guild_id, user_id)
+        self.world.leave(guild, user_id)
+        self.hub.dispatch(
+            "GUILD_MEMBER_REMOVE",
+            guild_id,
+            INTENT_MEMBERS,
+            {"guild_id": str(guild_id), "user": user_payload(member.user)},
+        )
+
+    def update_member(
+        self, guild_id: int, user_id: int, *, nick: str | None = UNSET, roles: Sequence[int] = UNSET
+    ) -> dict[str, Any]:
+        """Change a member's nick and/or roles: GUILD_MEMBER_UPDATE (the full member, as Discord sends it)."""
+        guild = self.world.guild(guild_id)
+        member = self.world.member(guild_id, user_id)
+        if nick is not UNSET and nick is not None:
+            _text(nick, "nick", low=1, high=MAX_NAME_LENGTH)
+        if roles is not UNSET:
+            for role_id in roles:
+                self.world.role(guild_id, role_id)
+        if nick is not UNSET:
+            member.nick = nick
+        if roles is not UNSET:
+            member.roles = sorted(set(roles))
+        self.hub.dispatch(
+            "GUILD_MEMBER_UPDATE",
+            guild_id,
+            INTENT_MEMBERS,
+            {**member_payload(member), "guild_id": str(guild_id)},
+        )
+        return member_truth(guild, member)
+
+    # -- roles and guilds ---------------------------------------------------------------------------
+
+    def set_role_color(self, guild_id: int, role_id: int, color: int) -> None:
+        if not isinstance(color, int) or isinstance(color, bool) or not 0 <= color <= 0xFFFFFF:
+            raise InvalidValueError("color must be an integer 0..0xffffff")
+        role = self.world.role(guild_id, role_id)
+        role.color = color
+        self.hub.dispatch(
+            "GUILD_ROLE_UPDATE",
+            guild_id,
+            INTENT_GUILDS,
+            {"guild_id": str(guild_id), "role": role_payload(role)},
+        )
+
+    def rename_guild(self, guild_id: int, name: str) -> None:
+        guild = self.world.guild(guild_id)
+        guild.name = _text(name, "guild name", low=2, high=100)
+        self.hub.dispatch("GUILD_UPDATE", guild_id, INTENT_GUILDS, guild_update_payload(guild))
+
+    def remove_guild(self, guild_id: int) -> None:
+        """The bot is removed from a guild: GUILD_DELETE without ``unavailable``, the guild disappears."""
+        guild = self.world.guild(guild_id)
+        self.hub.dispatch("GUILD_DELETE", guild_id, INTENT_GUILDS, {"id": str(guild_id)})
+        for user_id in list(guild.members):
+            self.world.leave(guild, user_id)
+        del self.world.guilds[guild_id]
+
+    # -- OAuth2 -------------------------------------------------------------------------------------
+
+    def issue_oauth_token(self, user_id: int | None = None) -> str:
+        """A Bearer token for ``GET /users/@me``: for a known user, or (None) for a new stranger."""
+        if user_id is None:
+            user: User = self.builder.new_user()
+            self.world.add_user(user)
+        elif user_id not in self.world.users:
+            raise InvalidValueError(f"unknown user {user_id}")
+        else:
+            user = self.world.users[user_id]
+        token = secrets.token_urlsafe(24)
+        self.world.oauth_tokens[token] = user.id
+        return token

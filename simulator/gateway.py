@@ -1,0 +1,621 @@
+"""Discord's gateway (protocol v10, JSON, optional zlib-stream) over aiohttp WebSockets.
+
+A :class:`Session` outlives its connection: dispatches keep being numbered and buffered while the client
+is away, so a RESUME replays exactly what it missed. Every dispatch is queued on the session's connection
+in the same synchronous step that changes the truth, so per-connection order equals truth order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from enum import IntEnum
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from simulator.config import SimConfig
+from simulator.world import World, guild_create_payload, member_payload, presence_payload, user_payload
+
+log = structlog.get_logger(__name__)
+
+INTENT_GUILDS = 1 << 0
+INTENT_MEMBERS = 1 << 1
+INTENT_PRESENCES = 1 << 8
+INTENT_MESSAGES = 1 << 9
+INTENT_MESSAGE_CONTENT = 1 << 15
+PRIVILEGED_INTENT_BITS = {
+    "members": INTENT_MEMBERS,
+    "presences": INTENT_PRESENCES,
+    "message_content": INTENT_MESSAGE_CONTENT,
+}
+# ApplicationFlags.gateway_*_limited: what an unverified bot with the intent switched on has
+APPLICATION_FLAG_BITS = {"presences": 1 << 13, "members": 1 << 15, "message_content": 1 << 19}
+
+CHUNK_SIZE = 1000  # Discord's GUILD_MEMBERS_CHUNK size
+ZLIB_SUFFIX = b"\x00\x00\xff\xff"
+INBOUND_BUDGET = 240  # payloads per INBOUND_WINDOW_S (Discord allows 120/60 s; discord.py keeps below it)
+INBOUND_WINDOW_S = 60.0
+
+
+class Op(IntEnum):
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    PRESENCE_UPDATE = 3
+    VOICE_STATE_UPDATE = 4
+    RESUME = 6
+    RECONNECT = 7
+    REQUEST_GUILD_MEMBERS = 8
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+
+
+class Close(IntEnum):
+    UNKNOWN_ERROR = 4000
+    UNKNOWN_OPCODE = 4001
+    DECODE_ERROR = 4002
+    NOT_AUTHENTICATED = 4003
+    AUTHENTICATION_FAILED = 4004
+    ALREADY_AUTHENTICATED = 4005
+    RATE_LIMITED = 4008
+    SESSION_TIMED_OUT = 4009
+    INVALID_SHARD = 4010
+    INVALID_API_VERSION = 4012
+    INVALID_INTENTS = 4013
+    DISALLOWED_INTENTS = 4014
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
+    return (guild_id >> 22) % shard_count
+
+
+def op_frame(op: Op, data: Any) -> bytes:
+    return orjson.dumps({"op": int(op), "d": data, "s": None, "t": None})
+
+
+class ProtocolViolationError(Exception):
+    """The client broke the gateway protocol; ``code`` is the close code Discord uses for it."""
+
+    def __init__(self, code: Close, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """One gateway WebSocket: an ordered outbound queue drained by a writer task, zlib-stream or text."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, compress: bool, path: str) -> None:
+        self.ws = ws
+        self.request = request
+        self.path = path
+        self._zlib = zlib.compressobj() if compress else None
+        self.queue: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.session: Session | None = None
+        self.ack_heartbeats = True
+        self.closing = False
+        self.frames_sent = 0
+        self.high_water = 0
+        self._inbound: deque[float] = deque()
+
+    def enqueue(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        self.queue.append(frame)
+        if len(self.queue) >= self.high_water:
+            self.drained.clear()
+        self._wake.set()
+
+    def note_inbound(self) -> None:
+        """Count a client payload; too many in the window is Discord's close 4008."""
+        now = time.monotonic()
+        self._inbound.append(now)
+        while self._inbound and self._inbound[0] < now - INBOUND_WINDOW_S:
+            self._inbound.popleft()
+        if len(self._inbound) > INBOUND_BUDGET:
+            raise ProtocolViolationError(Close.RATE_LIMITED, "You are being rate limited.")
+
+    def encode(self, frame: bytes) -> bytes:
+        assert self._zlib is not None
+        return self._zlib.compress(frame) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+
+    async def run_writer(self) -> None:
+        """Send queued frames in order until the connection closes."""
+        ws = self.ws
+        while not self.closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queue and not self.closing:
+                frame = self.queue.popleft()
+                if self._zlib is not None:
+                    await ws.send_bytes(self.encode(frame))
+                else:
+                    await ws.send_str(frame.decode())
+                self.frames_sent += 1
+                if len(self.queue) < self.high_water // 2:
+                    self.drained.set()
+            self.drained.set()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closing = True
+        self._wake.set()
+        self.drained.set()
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame (a network failure, as the client sees it)."""
+        self.closing = True
+        self._wake.set()
+        self.drained.set()
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
+class Session:
+    """A gateway session: its shard, intents, sequence counter and the dispatches kept for RESUME."""
+
+    def __init__(
+        self,
+        *,
+        shard_id: int,
+        shard_count: int,
+        intents: int,
+        large_threshold: int,
+        replay_limit: int,
+    ) -> None:
+        self.id = secrets.token_hex(16)
+        self.shard_id = shard_id
+        self.shard_count = shard_count
+        self.intents = intents
+        self.large_threshold = large_threshold
+        self.seq = 0
+        self.replay: deque[tuple[int, bytes]] = deque()
+        self.replay_limit = replay_limit
+        self.connection: Connection | None = None
+        self.disconnected_at: float | None = None
+
+    def covers(self, guild_id: int) -> bool:
+        return shard_of(guild_id, self.shard_count) == self.shard_id
+
+    def has(self, intent: int) -> bool:
+        return bool(self.intents & intent)
+
+    def dispatch(self, event: bytes, data: bytes) -> None:
+        """Number, keep and (if connected) queue one dispatch; ``event`` and ``data`` are JSON-ready bytes."""
+        self.seq += 1
+        frame = b'{"op":0,"s":%d,"t":"%s","d":%s}' % (self.seq, event, data)
+        self.replay.append((self.seq, frame))
+        if len(self.replay) > self.replay_limit:
+            self.replay.popleft()
+        if self.connection is not None:
+            self.connection.enqueue(frame)
+
+    def acknowledge(self, seq: int) -> None:
+        """The client has seen everything up to ``seq`` (from its heartbeat): no need to keep it."""
+        replay = self.replay
+        while replay and replay[0][0] <= seq:
+            replay.popleft()
+
+    def frames_after(self, seq: int) -> list[bytes] | None:
+        """Dispatches after ``seq`` for a RESUME, or None when some of them are no longer kept."""
+        if seq > self.seq or seq < 0:
+            return None
+        missed = [frame for s, frame in self.replay if s > seq]
+        if len(missed) != self.seq - seq:
+            return None
+        return missed
+
+
+class GatewayHub:
+    """All sessions and connections; fans a dispatch out to the sessions that should see it."""
+
+    def __init__(self, config: SimConfig, world: World) -> None:
+        self.config = config
+        self.world = world
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[Connection] = set()
+        self.resume_gateway_url = ""  # set by the Simulator once its port is known
+        self.counters: dict[str, int] = {
+            "identify": 0,
+            "resume": 0,
+            "resume_failed": 0,
+            "dispatch": 0,
+            "connections_total": 0,
+        }
+        self.connections_by_path: dict[str, int] = {}
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        event: str,
+        guild_id: int,
+        intent: int,
+        payload: dict[str, Any],
+        *,
+        variant: Callable[[Session], dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Send one guild event to every session on the guild's shard that has ``intent``.
+
+        ``variant`` may return a different payload for a session (e.g. no message content without the
+        message-content intent); the common payload is encoded once.
+        """
+        name = event.encode()
+        data = orjson.dumps(payload)
+        for session in self.sessions.values():
+            if not session.covers(guild_id) or not session.has(intent):
+                continue
+            alt = variant(session) if variant is not None else None
+            session.dispatch(name, data if alt is None else orjson.dumps(alt))
+            self.counters["dispatch"] += 1
+
+    def listening(self, guild_id: int, intent: int) -> bool:
+        """Whether any session would receive this guild's events of that intent (skip encoding if not)."""
+        return any(s.covers(guild_id) and s.has(intent) for s in self.sessions.values())
+
+    async def wait_writable(self) -> None:
+        """Backpressure for the scenario: wait while a connection is far behind."""
+        for connection in list(self.connections):
+            if not connection.drained.is_set():
+                await connection.drained.wait()
+
+    # -- faults -------------------------------------------------------------------------------------
+
+    def identified(self) -> list[Connection]:
+        return [c for c in self.connections if c.session is not None and not c.closing]
+
+    def drop_connections(self) -> int:
+        connections = list(self.connections)
+        for connection in connections:
+            connection.abort()
+        return len(connections)
+
+    def send_reconnect(self) -> int:
+        connections = self.identified()
+        for connection in connections:
+            connection.enqueue(op_frame(Op.RECONNECT, None))
+        return len(connections)
+
+    def send_invalid_session(self, resumable: bool) -> int:
+        connections = self.identified()
+        for connection in connections:
+            session = connection.session
+            assert session is not None
+            if not resumable:
+                # the session is gone: nothing more is numbered or buffered for it
+                self.sessions.pop(session.id, None)
+                session.connection = None
+                connection.session = None
+            connection.enqueue(op_frame(Op.INVALID_SESSION, resumable))
+        return len(connections)
+
+    def stop_heartbeat_acks(self) -> int:
+        """Stop acknowledging heartbeats on the current connections (new connections get ACKs again)."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.ack_heartbeats = False
+        return len(connections)
+
+    def resume_heartbeat_acks(self) -> int:
+        connections = list(self.connections)
+        for connection in connections:
+            connection.ack_heartbeats = True
+        return len(connections)
+
+    def expire_sessions(self) -> None:
+        """Forget disconnected sessions older than the TTL (they can no longer RESUME)."""
+        deadline = time.monotonic() - self.config.session_ttl_s
+        for session_id, session in list(self.sessions.items()):
+            if session.connection is None and (session.disconnected_at or 0) < deadline:
+                del self.sessions[session_id]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "connections": len(self.connections),
+            "connections_by_path": dict(self.connections_by_path),
+            "sessions": len(self.sessions),
+            "queued_frames": sum(len(c.queue) for c in self.connections),
+        }
+
+    # -- the WebSocket endpoint ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp handler for ``/gateway`` and ``/gateway/resume``."""
+        cfg = self.config
+        if len(self.connections) >= cfg.max_connections:
+            return web.json_response({"message": "too many gateway connections", "code": 0}, status=503)
+        query = request.query
+        ws = web.WebSocketResponse(max_msg_size=cfg.max_inbound_frame, compress=False, autoping=True)
+        await ws.prepare(request)
+        connection = Connection(
+            ws, request, compress=query.get("compress") == "zlib-stream", path=request.path
+        )
+        connection.high_water = cfg.outbound_high_water
+        self.connections.add(connection)
+        self.counters["connections_total"] += 1
+        self.connections_by_path[request.path] = self.connections_by_path.get(request.path, 0) + 1
+        writer = asyncio.create_task(connection.run_writer(), name="sim-gateway-writer")
+        try:
+            if query.get("v", "10") != "10":
+                raise ProtocolViolationError(Close.INVALID_API_VERSION, "Invalid API version.")
+            if query.get("encoding", "json") != "json":
+                raise ProtocolViolationError(Close.DECODE_ERROR, "Only encoding=json is simulated.")
+            if query.get("compress") not in (None, "zlib-stream"):
+                raise ProtocolViolationError(Close.DECODE_ERROR, "Only compress=zlib-stream is simulated.")
+            connection.enqueue(op_frame(Op.HELLO, {"heartbeat_interval": cfg.heartbeat_interval_ms}))
+            await self._read_loop(connection)
+        except ProtocolViolationError as exc:
+            log.info("gateway_close", code=int(exc.code), reason=exc.reason, path=request.path)
+            await connection.close(exc.code, exc.reason)
+        finally:
+            connection.closing = True
+            self.connections.discard(connection)
+            session = connection.session
+            if session is not None and session.connection is connection:
+                session.connection = None
+                session.disconnected_at = time.monotonic()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _read_loop(self, connection: Connection) -> None:
+        ws = connection.ws
+        # Discord closes a session that misses heartbeats; allow two intervals plus slack.
+        beat_timeout = self.config.heartbeat_interval_ms / 1000 * 2 + 10
+        while not connection.closing:
+            timeout = beat_timeout if connection.session is not None else self.config.identify_timeout_s
+            try:
+                message = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                raise ProtocolViolationError(Close.SESSION_TIMED_OUT, "Session timed out.") from None
+            if message.type == WSMsgType.TEXT:
+                raw: str | bytes = message.data
+            elif message.type == WSMsgType.BINARY:
+                raw = message.data
+            elif message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            else:
+                continue
+            connection.note_inbound()
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ProtocolViolationError(Close.DECODE_ERROR, "Error while decoding payload.") from None
+            if not isinstance(payload, dict) or not isinstance(payload.get("op"), int):
+                raise ProtocolViolationError(Close.DECODE_ERROR, "Payload is not a gateway object.")
+            await self._on_payload(connection, payload["op"], payload.get("d"))
+
+    async def _on_payload(self, connection: Connection, op: int, data: Any) -> None:
+        if op == Op.HEARTBEAT:
+            if connection.session is not None and isinstance(data, int):
+                connection.session.acknowledge(data)
+            if connection.ack_heartbeats:
+                connection.enqueue(op_frame(Op.HEARTBEAT_ACK, None))
+            return
+        if op == Op.IDENTIFY:
+            self._identify(connection, data)
+            return
+        if op == Op.RESUME:
+            self._resume(connection, data)
+            return
+        if connection.session is None:
+            if op in (Op.PRESENCE_UPDATE, Op.VOICE_STATE_UPDATE, Op.REQUEST_GUILD_MEMBERS):
+                raise ProtocolViolationError(Close.NOT_AUTHENTICATED, "Not authenticated.")
+            raise ProtocolViolationError(Close.UNKNOWN_OPCODE, f"Unknown opcode {op}.")
+        if op == Op.REQUEST_GUILD_MEMBERS:
+            await self._request_members(connection.session, data)
+        elif op in (Op.PRESENCE_UPDATE, Op.VOICE_STATE_UPDATE):
+            return  # accepted and ignored: the bot's own presence and voice are not simulated
+        else:
+            raise ProtocolViolationError(Close.UNKNOWN_OPCODE, f"Unknown opcode {op}.")
+
+    # -- IDENTIFY / RESUME --------------------------------------------------------------------------
+
+    def _check_token(self, token: Any) -> None:
+        expected = self.config.bot_token
+        if not isinstance(token, str) or not token.strip():
+            raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+        token = token.removeprefix("Bot ").strip()
+        if expected is not None and not secrets.compare_digest(token.encode(), expected.encode()):
+            raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+
+    def _identify(self, connection: Connection, data: Any) -> None:
+        if connection.session is not None:
+            raise ProtocolViolationError(Close.ALREADY_AUTHENTICATED, "Already authenticated.")
+        if not isinstance(data, dict):
+            raise ProtocolViolationError(Close.DECODE_ERROR, "IDENTIFY needs an object.")
+        self._check_token(data.get("token"))
+        intents = data.get("intents")
+        if not isinstance(intents, int) or intents < 0 or intents >= 1 << 26:
+            raise ProtocolViolationError(Close.INVALID_INTENTS, "Invalid intent(s).")
+        for name, bit in PRIVILEGED_INTENT_BITS.items():
+            if intents & bit and name not in self.config.privileged_intents:
+                raise ProtocolViolationError(Close.DISALLOWED_INTENTS, "Disallowed intent(s).")
+        shard = data.get("shard", [0, 1])
+        if (
+            not isinstance(shard, list)
+            or len(shard) != 2
+            or not all(isinstance(x, int) for x in shard)
+            or not 0 <= shard[0] < shard[1]
+        ):
+            raise ProtocolViolationError(Close.INVALID_SHARD, "Invalid shard.")
+        large_threshold = data.get("large_threshold", 50)
+        if not isinstance(large_threshold, int) or not 50 <= large_threshold <= 250:
+            large_threshold = 50
+        self.expire_sessions()
+        if len(self.sessions) >= self.config.max_sessions:
+            raise ProtocolViolationError(Close.UNKNOWN_ERROR, "Too many sessions.")
+        session = Session(
+            shard_id=shard[0],
+            shard_count=shard[1],
+            intents=intents,
+            large_threshold=large_threshold,
+            replay_limit=self.config.replay_limit,
+        )
+        self.sessions[session.id] = session
+        session.connection = connection
+        connection.session = session
+        self.counters["identify"] += 1
+        log.info("gateway_identify", session=session.id[:8], shard=shard, intents=intents)
+        # READY and every GUILD_CREATE are queued in this same synchronous step: no event slips between.
+        self._send_ready(session)
+
+    def _send_ready(self, session: Session) -> None:
+        world = self.world
+        guilds = [g for g in world.guilds.values() if session.covers(g.id)]
+        flags = 0
+        for name in self.config.privileged_intents:
+            flags |= APPLICATION_FLAG_BITS[name]
+        me = {**user_payload(world.bot_user), "verified": True, "mfa_enabled": False, "flags": 0}
+        ready = {
+            "v": 10,
+            "user": me,
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
+            "session_id": session.id,
+            "session_type": "normal",
+            "resume_gateway_url": self.resume_gateway_url,
+            "shard": [session.shard_id, session.shard_count],
+            "application": {"id": str(world.application_id), "flags": flags},
+            "private_channels": [],
+            "relationships": [],
+            "presences": [],
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": [],
+            "user_settings": {},
+            "_trace": ["dzone-simulator"],
+        }
+        session.dispatch(b"READY", orjson.dumps(ready))
+        with_presences = session.has(INTENT_PRESENCES)
+        for guild in guilds:
+            payload = guild_create_payload(
+                guild,
+                bot_user_id=world.bot_user.id,
+                large_threshold=session.large_threshold,
+                with_presences=with_presences,
+            )
+            session.dispatch(b"GUILD_CREATE", orjson.dumps(payload))
+
+    def _resume(self, connection: Connection, data: Any) -> None:
+        if connection.session is not None:
+            raise ProtocolViolationError(Close.ALREADY_AUTHENTICATED, "Already authenticated.")
+        if not isinstance(data, dict):
+            raise ProtocolViolationError(Close.DECODE_ERROR, "RESUME needs an object.")
+        self._check_token(data.get("token"))
+        session = self.sessions.get(str(data.get("session_id")))
+        seq = data.get("seq")
+        missed = session.frames_after(seq) if session is not None and isinstance(seq, int) else None
+        if session is None or missed is None:
+            self.counters["resume_failed"] += 1
+            log.info("gateway_resume_refused", known_session=session is not None)
+            connection.enqueue(op_frame(Op.INVALID_SESSION, False))
+            return
+        previous = session.connection
+        if previous is not None:
+            # the client came back before we saw the old socket die: the new one wins
+            previous.session = None
+            previous.abort()
+        session.connection = connection
+        session.disconnected_at = None
+        connection.session = session
+        for frame in missed:
+            connection.enqueue(frame)
+        session.dispatch(b"RESUMED", b'{"_trace":["dzone-simulator"]}')
+        self.counters["resume"] += 1
+        log.info("gateway_resume", session=session.id[:8], replayed=len(missed))
+
+    # -- REQUEST_GUILD_MEMBERS ----------------------------------------------------------------------
+
+    async def _request_members(self, session: Session, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ProtocolViolationError(Close.DECODE_ERROR, "REQUEST_GUILD_MEMBERS needs an object.")
+        raw_ids = data.get("guild_id")
+        guild_ids: Iterable[Any] = raw_ids if isinstance(raw_ids, list) else [raw_ids]
+        query = data.get("query")
+        user_ids = data.get("user_ids")
+        limit = data.get("limit", 0)
+        nonce = data.get("nonce")
+        presences = bool(data.get("presences")) and session.has(INTENT_PRESENCES)
+        if not isinstance(limit, int) or limit < 0:
+            raise ProtocolViolationError(Close.DECODE_ERROR, "Invalid limit.")
+        if query is None and user_ids is None:
+            raise ProtocolViolationError(Close.DECODE_ERROR, "Either query or user_ids is required.")
+        if isinstance(nonce, str) and len(nonce) > 32:
+            nonce = None  # Discord ignores nonces longer than 32 bytes
+        for raw_id in guild_ids:
+            try:
+                guild_id = int(raw_id)
+            except (TypeError, ValueError):
+                raise ProtocolViolationError(Close.DECODE_ERROR, "Invalid guild_id.") from None
+            if not session.covers(guild_id) or guild_id not in self.world.guilds:
+                continue  # Discord answers nothing for a guild not on this shard
+            if query == "" and limit == 0 and not session.has(INTENT_MEMBERS):
+                log.warning("chunk_request_without_members_intent", guild=guild_id)
+                continue
+            await self._send_chunks(session, guild_id, query, user_ids, limit, presences, nonce)
+
+    async def _send_chunks(
+        self,
+        session: Session,
+        guild_id: int,
+        query: Any,
+        user_ids: Any,
+        limit: int,
+        presences: bool,
+        nonce: Any,
+    ) -> None:
+        guild = self.world.guilds[guild_id]
+        not_found: list[str] = []
+        if user_ids is not None:
+            wanted = [int(u) for u in (user_ids if isinstance(user_ids, list) else [user_ids])][:100]
+            members = [guild.members[u] for u in wanted if u in guild.members]
+            not_found = [str(u) for u in wanted if u not in guild.members]
+        else:
+            prefix = str(query).lower()
+            members = [
+                m
+                for m in guild.members.values()
+                if not prefix
+                or m.user.username.lower().startswith(prefix)
+                or (m.nick or "").lower().startswith(prefix)
+                or (m.user.global_name or "").lower().startswith(prefix)
+            ]
+            if limit or prefix:
+                members = members[: min(limit or 100, 100) if prefix else limit]
+        batches = [members[i : i + CHUNK_SIZE] for i in range(0, len(members), CHUNK_SIZE)] or [[]]
+        # Each chunk is a snapshot taken when it is queued; events in between are queued in order, and
+        # discord.py keeps a cached member over a chunk's copy, so the client converges on the truth.
+        for index, batch in enumerate(batches):
+            if guild_id not in self.world.guilds or session.id not in self.sessions:
+                return
+            chunk: dict[str, Any] = {
+                "guild_id": str(guild_id),
+                "members": [member_payload(m) for m in batch if m.user.id in guild.members],
+                "chunk_index": index,
+                "chunk_count": len(batches),
+            }
+            if presences:
+                chunk["presences"] = [
+                    presence_payload(guild_id, m.user) for m in batch if m.user.status != "offline"
+                ]
+            if nonce is not None:
+                chunk["nonce"] = nonce
+            if not_found and index == 0:
+                chunk["not_found"] = not_found
+            session.dispatch(b"GUILD_MEMBERS_CHUNK", orjson.dumps(chunk))
+            await asyncio.sleep(0)  # let heartbeats and other connections through between chunks

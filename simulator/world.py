@@ -1,0 +1,421 @@
+"""The simulated Discord's state (the truth) and the Discord JSON payloads built from it.
+
+Everything here is plain data and pure functions: no sockets, no clocks. The gateway and the control API
+read and mutate a :class:`World`; tests compare discord.py's cache against :meth:`World.truth`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+DISCORD_EPOCH_MS = 1_420_070_400_000
+DEFAULT_ROLE_COLOR = "#99aab5"  # what d-zone (and Discord) shows for a member without a coloured role
+STATUSES = ("online", "idle", "dnd", "offline")
+MESSAGES_KEPT_PER_CHANNEL = 100  # GET /channels/{id}/messages history depth
+MAX_MESSAGE_LENGTH = 2000  # Discord's own limit for a message's content
+
+
+class SimulatorError(Exception):
+    """Base class for a control request the simulator cannot honour (unknown id, bad value)."""
+
+
+class UnknownObjectError(SimulatorError):
+    """The request names a guild, member, role, channel or user the simulator does not have."""
+
+
+class InvalidValueError(SimulatorError):
+    """The request carries a value Discord would reject (bad status, colour, name length...)."""
+
+
+class SnowflakeFactory:
+    """Hands out increasing, unique Discord snowflakes from a deterministic start time.
+
+    Consecutive ids differ in their timestamp part, so ``(id >> 22) % shard_count`` spreads guilds over
+    shards the way Discord's own ids do.
+    """
+
+    def __init__(self, start_ms: int) -> None:
+        self._next_ms = start_ms
+        self._increment = 0
+
+    def next(self) -> int:
+        self._next_ms += 1
+        self._increment = (self._increment + 1) & 0xFFF
+        return ((self._next_ms - DISCORD_EPOCH_MS) << 22) | self._increment
+
+
+def snowflake_time_iso(snowflake: int) -> str:
+    """The ISO-8601 timestamp embedded in a snowflake (Discord's ``joined_at``/``timestamp`` format)."""
+    import datetime
+
+    ms = (snowflake >> 22) + DISCORD_EPOCH_MS
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat()
+
+
+@dataclass(slots=True)
+class User:
+    """A Discord account. Presence (status) is per user, as on Discord: it shows in every shared guild."""
+
+    id: int
+    username: str
+    global_name: str | None
+    bot: bool = False
+    status: str = "offline"
+
+
+@dataclass(slots=True)
+class Role:
+    id: int
+    name: str
+    color: int
+    position: int
+    hoist: bool = False
+    managed: bool = False
+
+
+@dataclass(slots=True)
+class Channel:
+    id: int
+    name: str
+    position: int
+    topic: str | None = None
+    messages: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT_PER_CHANNEL))
+
+
+@dataclass(slots=True)
+class Member:
+    user: User
+    nick: str | None
+    roles: list[int]
+    joined_at: str
+
+
+@dataclass(slots=True)
+class Guild:
+    id: int
+    name: str
+    owner_id: int
+    roles: dict[int, Role] = field(default_factory=dict)
+    channels: dict[int, Channel] = field(default_factory=dict)
+    members: dict[int, Member] = field(default_factory=dict)
+    membership_version: int = 0  # bumped on every join and leave (cache key for member samplers)
+
+
+def role_color(guild: Guild, member: Member) -> str:
+    """The colour d-zone shows for a member: its highest coloured role as ``#rrggbb``, else ``#99aab5``.
+
+    "Highest" follows discord.py's role order (position, then the lower id wins a tie); @everyone never
+    counts. This is the reference the ingest's own computation is tested against.
+    """
+    best: Role | None = None
+    for role_id in member.roles:
+        role = guild.roles.get(role_id)
+        if role is None or role.id == guild.id or role.color == 0:
+            continue
+        if best is None or (role.position, -role.id) > (best.position, -best.id):
+            best = role
+    return DEFAULT_ROLE_COLOR if best is None else f"#{best.color:06x}"
+
+
+def display_name(member: Member) -> str:
+    """Exactly discord.py's ``Member.display_name``: nick, else global name, else username."""
+    return member.nick or member.user.global_name or member.user.username
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discord JSON payloads (gateway v10 / REST v10 shapes, the fields discord.py 2.x reads)
+
+
+def user_payload(user: User) -> dict[str, Any]:
+    return {
+        "id": str(user.id),
+        "username": user.username,
+        "discriminator": "0",
+        "global_name": user.global_name,
+        "avatar": None,
+        "bot": user.bot,
+        "public_flags": 0,
+    }
+
+
+def role_payload(role: Role) -> dict[str, Any]:
+    return {
+        "id": str(role.id),
+        "name": role.name,
+        "color": role.color,
+        # discord.py >= 2.6 reads the colour from `colors.primary_color`; Discord sends both.
+        "colors": {"primary_color": role.color, "secondary_color": None, "tertiary_color": None},
+        "hoist": role.hoist,
+        "icon": None,
+        "unicode_emoji": None,
+        "position": role.position,
+        "permissions": "1071698660929" if role.position == 0 else "0",
+        "managed": role.managed,
+        "mentionable": False,
+        "flags": 0,
+    }
+
+
+def channel_payload(guild_id: int, channel: Channel) -> dict[str, Any]:
+    return {
+        "id": str(channel.id),
+        "type": 0,
+        "guild_id": str(guild_id),
+        "name": channel.name,
+        "position": channel.position,
+        "permission_overwrites": [],
+        "topic": channel.topic,
+        "nsfw": False,
+        "parent_id": None,
+        "rate_limit_per_user": 0,
+        "last_message_id": None,
+    }
+
+
+def member_payload(member: Member, *, with_user: bool = True) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "nick": member.nick,
+        "roles": [str(r) for r in member.roles],
+        "joined_at": member.joined_at,
+        "premium_since": None,
+        "deaf": False,
+        "mute": False,
+        "pending": False,
+        "flags": 0,
+        "avatar": None,
+        "communication_disabled_until": None,
+    }
+    if with_user:
+        payload["user"] = user_payload(member.user)
+    return payload
+
+
+def presence_payload(guild_id: int, user: User) -> dict[str, Any]:
+    status = user.status
+    return {
+        "user": {"id": str(user.id)},
+        "guild_id": str(guild_id),
+        "status": status,
+        "activities": [],
+        "client_status": {} if status == "offline" else {"desktop": status},
+    }
+
+
+def guild_create_payload(
+    guild: Guild,
+    *,
+    bot_user_id: int,
+    large_threshold: int,
+    with_presences: bool,
+) -> dict[str, Any]:
+    """GUILD_CREATE as Discord sends it to a bot.
+
+    With the presences intent, a small guild comes with all members; a large one (more than
+    ``large_threshold`` members) with the bot and the members who are not offline, and ``large: true`` so
+    the client requests the rest in chunks. Without the presences intent only the bot itself is included.
+    """
+    member_count = len(guild.members)
+    large = member_count > large_threshold
+    if not with_presences:
+        members = [m for m in guild.members.values() if m.user.id == bot_user_id]
+    elif large:
+        members = [
+            m for m in guild.members.values() if m.user.status != "offline" or m.user.id == bot_user_id
+        ]
+    else:
+        members = list(guild.members.values())
+    presences = (
+        [presence_payload(guild.id, m.user) for m in members if m.user.status != "offline"]
+        if with_presences
+        else []
+    )
+    return {
+        "id": str(guild.id),
+        "name": guild.name,
+        "icon": None,
+        "splash": None,
+        "discovery_splash": None,
+        "owner_id": str(guild.owner_id),
+        "afk_channel_id": None,
+        "afk_timeout": 300,
+        "verification_level": 1,
+        "default_message_notifications": 1,
+        "explicit_content_filter": 0,
+        "roles": [role_payload(r) for r in guild.roles.values()],
+        "emojis": [],
+        "stickers": [],
+        "features": [],
+        "mfa_level": 0,
+        "system_channel_id": None,
+        "system_channel_flags": 0,
+        "rules_channel_id": None,
+        "vanity_url_code": None,
+        "description": None,
+        "banner": None,
+        "premium_tier": 0,
+        "premium_subscription_count": 0,
+        "preferred_locale": "en-US",
+        "nsfw_level": 0,
+        "premium_progress_bar_enabled": False,
+        "joined_at": guild.members[bot_user_id].joined_at if bot_user_id in guild.members else None,
+        "large": large,
+        "unavailable": False,
+        "member_count": member_count,
+        "voice_states": [],
+        "members": [member_payload(m) for m in members],
+        "channels": [channel_payload(guild.id, c) for c in guild.channels.values()],
+        "threads": [],
+        "presences": presences,
+        "stage_instances": [],
+        "guild_scheduled_events": [],
+        "soundboard_sounds": [],
+    }
+
+
+def guild_update_payload(guild: Guild) -> dict[str, Any]:
+    payload = guild_create_payload(guild, bot_user_id=0, large_threshold=0, with_presences=False)
+    for key in ("members", "presences", "channels", "threads", "voice_states", "large", "member_count"):
+        payload.pop(key)
+    payload.pop("joined_at")
+    payload.pop("unavailable")
+    return payload
+
+
+def message_payload(
+    guild_id: int, channel_id: int, message_id: int, member: Member, content: str
+) -> dict[str, Any]:
+    return {
+        "id": str(message_id),
+        "type": 0,
+        "channel_id": str(channel_id),
+        "guild_id": str(guild_id),
+        "author": user_payload(member.user),
+        "member": member_payload(member, with_user=False),
+        "content": content,
+        "timestamp": snowflake_time_iso(message_id),
+        "edited_timestamp": None,
+        "tts": False,
+        "mention_everyone": False,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": False,
+        "flags": 0,
+        "components": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """All guilds, users and OAuth tokens of the simulated Discord."""
+
+    bot_user: User
+    application_id: int
+    ids: SnowflakeFactory
+    guilds: dict[int, Guild] = field(default_factory=dict)
+    users: dict[int, User] = field(default_factory=dict)
+    # user id -> ids of the guilds that user is a member of (presence fan-out, as on Discord)
+    user_guilds: dict[int, set[int]] = field(default_factory=dict)
+    oauth_tokens: dict[str, int] = field(default_factory=dict)
+
+    # -- lookups that raise a clear error -----------------------------------------------------------
+
+    def guild(self, guild_id: int) -> Guild:
+        try:
+            return self.guilds[guild_id]
+        except KeyError:
+            raise UnknownObjectError(f"unknown guild {guild_id}") from None
+
+    def member(self, guild_id: int, user_id: int) -> Member:
+        guild = self.guild(guild_id)
+        try:
+            return guild.members[user_id]
+        except KeyError:
+            raise UnknownObjectError(f"user {user_id} is not a member of guild {guild_id}") from None
+
+    def role(self, guild_id: int, role_id: int) -> Role:
+        guild = self.guild(guild_id)
+        try:
+            return guild.roles[role_id]
+        except KeyError:
+            raise UnknownObjectError(f"unknown role {role_id} in guild {guild_id}") from None
+
+    def channel(self, guild_id: int, channel_id: int) -> Channel:
+        guild = self.guild(guild_id)
+        try:
+            return guild.channels[channel_id]
+        except KeyError:
+            raise UnknownObjectError(f"unknown channel {channel_id} in guild {guild_id}") from None
+
+    def channel_owner(self, channel_id: int) -> Guild:
+        for guild in self.guilds.values():
+            if channel_id in guild.channels:
+                return guild
+        raise UnknownObjectError(f"unknown channel {channel_id}")
+
+    # -- membership bookkeeping ---------------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        self.users[user.id] = user
+        self.user_guilds.setdefault(user.id, set())
+
+    def join(self, guild: Guild, member: Member) -> None:
+        guild.members[member.user.id] = member
+        guild.membership_version += 1
+        self.add_user(member.user)
+        self.user_guilds[member.user.id].add(guild.id)
+
+    def leave(self, guild: Guild, user_id: int) -> Member:
+        member = guild.members.pop(user_id)
+        guild.membership_version += 1
+        self.user_guilds.get(user_id, set()).discard(guild.id)
+        return member
+
+    # -- the truth ----------------------------------------------------------------------------------
+
+    def truth(self) -> dict[str, Any]:
+        """The full current state as JSON-ready data (ids as strings, like Discord)."""
+        return {
+            "bot": {"user_id": str(self.bot_user.id), "username": self.bot_user.username},
+            "application_id": str(self.application_id),
+            "guilds": [guild_truth(g) for g in self.guilds.values()],
+        }
+
+
+def member_truth(guild: Guild, member: Member) -> dict[str, Any]:
+    return {
+        "user_id": str(member.user.id),
+        "username": member.user.username,
+        "global_name": member.user.global_name,
+        "nick": member.nick,
+        "display_name": display_name(member),
+        "status": member.user.status,
+        "role_color": role_color(guild, member),
+        "roles": [str(r) for r in member.roles],
+        "bot": member.user.bot,
+    }
+
+
+def guild_truth(guild: Guild) -> dict[str, Any]:
+    return {
+        "id": str(guild.id),
+        "name": guild.name,
+        "owner_id": str(guild.owner_id),
+        "member_count": len(guild.members),
+        "roles": [
+            {"id": str(r.id), "name": r.name, "color": r.color, "position": r.position}
+            for r in guild.roles.values()
+        ],
+        "channels": [
+            {"id": str(c.id), "name": c.name, "position": c.position, "type": 0}
+            for c in guild.channels.values()
+        ],
+        "members": [member_truth(guild, m) for m in guild.members.values()],
+    }
