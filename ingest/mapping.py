@@ -1,0 +1,113 @@
+"""Discord state -> discord_users / discord_servers values, as the d-back guide maps it.
+
+Plain functions over plain data (testable without a gateway) plus thin adapters over discord.py
+objects. ``username`` is the member's display name; ``role_color`` the colour of the highest role
+that has one, as lowercase ``#rrggbb``, else ``#99aab5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import discord
+
+DEFAULT_ROLE_COLOR = "#99aab5"
+USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
+SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
+# Discord's "invisible" is what the member sets; everyone else (and we) see "offline".
+_STATUS_BY_RAW: dict[str, str] = {
+    "online": "online",
+    "idle": "idle",
+    "dnd": "dnd",
+    "do_not_disturb": "dnd",
+    "offline": "offline",
+    "invisible": "offline",
+}
+
+
+class MemberRow(NamedTuple):
+    """One discord_users row as the ingest writes it (the order matches the writer's SQL)."""
+
+    server_id: str
+    user_id: str
+    username: str
+    status: str
+    role_color: str
+
+
+class RoleView(NamedTuple):
+    """What the colour rule needs from a role: its place in the hierarchy and its colour."""
+
+    position: int
+    role_id: int
+    color: int
+
+
+def status_name(raw_status: str) -> str:
+    """Discord's status string -> the four statuses the schema knows; unknown values read as offline."""
+    return _STATUS_BY_RAW.get(raw_status, "offline")
+
+
+def color_hex(value: int) -> str:
+    """A 24-bit colour as lowercase ``#rrggbb``; 0 (Discord's "no colour") gives the default grey."""
+    if value <= 0:
+        return DEFAULT_ROLE_COLOR
+    return f"#{value & 0xFFFFFF:06x}"
+
+
+def role_sort_key(role: RoleView) -> tuple[int, int]:
+    """Discord's hierarchy order, lowest first: by position; on a tie the older (smaller) id is higher."""
+    return (role.position, -role.role_id)
+
+
+def highest_role_color(roles: Iterable[RoleView]) -> str:
+    """Colour of the highest role that has a colour (non-zero), else the default grey."""
+    best: RoleView | None = None
+    for role in roles:
+        if role.color and (best is None or role_sort_key(role) > role_sort_key(best)):
+            best = role
+    return DEFAULT_ROLE_COLOR if best is None else color_hex(best.color)
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    """Text PostgreSQL accepts (no NUL characters), cut to ``max_chars`` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text[:max_chars]
+
+
+def row_from_data(
+    server_id: int | str, user_id: int | str, display_name: str, raw_status: str, roles: Iterable[RoleView]
+) -> MemberRow:
+    """The row of a member given as plain data."""
+    return MemberRow(
+        str(server_id),
+        str(user_id),
+        clean_text(display_name, USERNAME_MAX_CHARS),
+        status_name(raw_status),
+        highest_role_color(roles),
+    )
+
+
+def member_role_color(member: discord.Member) -> str:
+    """Colour of the member's highest coloured role; discord.py sorts roles in Discord's hierarchy order."""
+    return color_hex(member.colour.value)
+
+
+def member_row(member: discord.Member) -> MemberRow:
+    """The row of a discord.py member (kept small: it runs for every presence update)."""
+    return MemberRow(
+        str(member.guild.id),
+        str(member.id),
+        clean_text(member.display_name, USERNAME_MAX_CHARS),
+        _STATUS_BY_RAW.get(member.raw_status, "offline"),
+        color_hex(member.colour.value),
+    )
+
+
+def server_name(name: str | None, server_id: int | str) -> str:
+    """A name discord_servers accepts (not blank, <= 100 chars); falls back to the id."""
+    cleaned = clean_text(name or "", SERVER_NAME_MAX_CHARS)
+    return cleaned if cleaned.strip() else str(server_id)

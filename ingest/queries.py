@@ -1,0 +1,111 @@
+"""Every SQL statement the ingest runs, in one place.
+
+Live writes are one statement per batch (deletes in a CTE, upserts from ``unnest`` arrays) so a batch is
+one round trip and one implicit transaction. Upserts skip rows whose stored values are unchanged, so
+no-ops write nothing and the triggers announce nothing. Rows of servers that have no discord_servers
+row (an operator deleted it) are skipped instead of failing the whole batch on the foreign key.
+"""
+
+from __future__ import annotations
+
+from shared.feed import BULK_MODE, NOTIFY_MESSAGE, NOTIFY_RESYNC
+
+__all__ = [
+    "BULK_MODE",
+    "COUNT_SERVER_USERS",
+    "NOTIFY_MESSAGE",
+    "NOTIFY_RESYNC",
+    "RELAY_MESSAGES",
+    "SERVERS_PRESENT",
+    "SERVER_DEPART",
+    "SERVER_RENAME",
+    "SERVER_UPSERT_SYNCED",
+    "SYNC_COUNT_CHANGES",
+    "SYNC_CREATE_TEMP",
+    "SYNC_DELETE_DEPARTED",
+    "SYNC_TEMP_TABLE",
+    "SYNC_UPSERT",
+    "USERS_DELETE_SERVER",
+    "WRITE_MEMBERS",
+]
+
+# $1..$5: upserted rows as parallel arrays; $6, $7: deleted (server_id, user_id) pairs.
+WRITE_MEMBERS = """
+WITH gone AS (
+    DELETE FROM discord_users u
+    USING unnest($6::text[], $7::text[]) AS d(server_id, user_id)
+    WHERE u.server_id = d.server_id AND u.user_id = d.user_id
+)
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
+SELECT r.server_id, r.user_id, r.username, r.status, r.role_color
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS r(server_id, user_id, username, status, role_color)
+WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
+ON CONFLICT (user_id, server_id) DO UPDATE
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
+    WHERE (u.username, u.status, u.role_color)
+          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+"""
+
+# Chat is announced, never stored; only for servers whose operator left relay on. ORDER BY keeps the
+# batch's order: PostgreSQL evaluates volatile target-list functions after the sort.
+RELAY_MESSAGES = """
+SELECT dzone_notify_message(m.server_id, m.user_id, m.channel_id, m.message_id, m.text)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+     AS m(server_id, user_id, channel_id, message_id, text, ord)
+JOIN discord_servers s ON s.server_id = m.server_id AND s.relay_messages
+ORDER BY m.ord
+"""
+
+# --- full sync of one guild (one transaction) -------------------------------------------------
+SERVER_UPSERT_SYNCED = """
+INSERT INTO discord_servers AS s (server_id, name, synced_at) VALUES ($1, $2, now())
+ON CONFLICT (server_id) DO UPDATE SET name = EXCLUDED.name, departed_at = NULL, synced_at = EXCLUDED.synced_at
+"""
+
+SYNC_TEMP_TABLE = "dzone_sync_members"
+SYNC_CREATE_TEMP = f"""
+CREATE TEMP TABLE {SYNC_TEMP_TABLE} (
+    user_id text PRIMARY KEY, username text NOT NULL, status text NOT NULL, role_color text NOT NULL
+) ON COMMIT DROP
+"""
+
+# How many rows the sync will change: decides between per-row notifications and bulk mode + resync.
+SYNC_COUNT_CHANGES = f"""
+SELECT
+  (SELECT count(*) FROM {SYNC_TEMP_TABLE} t
+     LEFT JOIN discord_users u ON u.server_id = $1 AND u.user_id = t.user_id
+     WHERE u.user_id IS NULL
+        OR (u.username, u.status, u.role_color) IS DISTINCT FROM (t.username, t.status, t.role_color))
+  + (SELECT count(*) FROM discord_users u
+     WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id))
+"""
+
+SYNC_UPSERT = f"""
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
+SELECT $1, t.user_id, t.username, t.status, t.role_color FROM {SYNC_TEMP_TABLE} t
+ON CONFLICT (user_id, server_id) DO UPDATE
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
+    WHERE (u.username, u.status, u.role_color)
+          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+"""
+
+SYNC_DELETE_DEPARTED = f"""
+DELETE FROM discord_users u
+WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id)
+"""
+
+# --- guild-level changes ------------------------------------------------------------------------
+SERVER_RENAME = """
+UPDATE discord_servers SET name = $2 WHERE server_id = $1 AND name IS DISTINCT FROM $2
+"""
+
+# The bot left the guild: keep the operator's row (settings), mark it, forget its members.
+SERVER_DEPART = """
+UPDATE discord_servers SET departed_at = now() WHERE server_id = $1 AND departed_at IS NULL
+"""
+USERS_DELETE_SERVER = "DELETE FROM discord_users WHERE server_id = $1"
+
+# Servers the database believes the bot is in (the worker keeps those of its own shards).
+SERVERS_PRESENT = "SELECT server_id FROM discord_servers WHERE departed_at IS NULL"
+COUNT_SERVER_USERS = "SELECT count(*) FROM discord_users WHERE server_id = $1"

@@ -1,0 +1,73 @@
+"""Helpers for the ingest tests: a plain-data guild source and a change-feed recorder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg
+
+from ingest.mapping import MemberRow
+from ingest.writer import GuildSnapshot
+from shared.feed import CHANNEL, FeedEvent, decode
+
+
+class DictSource:
+    """A GuildSource over plain dicts: server_id -> (name, {user_id: row})."""
+
+    def __init__(self, owned: Iterable[str] | None = None) -> None:
+        self.guilds: dict[str, tuple[str, dict[str, MemberRow]]] = {}
+        self.owned = set(owned) if owned is not None else None
+
+    def set_guild(self, server_id: str, name: str, rows: Iterable[MemberRow]) -> None:
+        self.guilds[server_id] = (name, {row.user_id: row for row in rows})
+
+    def snapshot(self, server_id: str) -> GuildSnapshot | None:
+        if server_id not in self.guilds:
+            return None
+        name, rows = self.guilds[server_id]
+        return GuildSnapshot(name, list(rows.values()))
+
+    def server_ids(self) -> list[str]:
+        return list(self.guilds)
+
+    def owns(self, server_id: str) -> bool:
+        return self.owned is None or server_id in self.owned
+
+
+class FeedRecorder:
+    """Collects every decoded change-feed event on a dedicated connection."""
+
+    def __init__(self) -> None:
+        self.events: list[FeedEvent] = []
+        self.conn: asyncpg.Connection | None = None
+
+    async def start(self, url: str) -> FeedRecorder:
+        self.conn = await asyncpg.connect(url, timeout=10)
+        await self.conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: self.events.append(decode(payload)))
+        return self
+
+    async def stop(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+    def of(self, kind: type) -> list[FeedEvent]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+async def table_rows(conn: asyncpg.Connection, server_id: str) -> dict[str, tuple[str, str, str]]:
+    """user_id -> (username, status, role_color) of one server."""
+    records = await conn.fetch(
+        "SELECT user_id, username, status, role_color FROM discord_users WHERE server_id = $1", server_id
+    )
+    return {r["user_id"]: (r["username"], r["status"], r["role_color"]) for r in records}
+
+
+def expected_rows(rows: Iterable[MemberRow]) -> dict[str, tuple[str, str, str]]:
+    return {row.user_id: (row.username, row.status, row.role_color) for row in rows}
+
+
+def make_rows(server_id: str, count: int, status: str = "online", start: int = 1000) -> list[MemberRow]:
+    return [
+        MemberRow(server_id, str(start + i), f"user {i}", status, "#99aab5" if i % 3 else "#ff0000")
+        for i in range(count)
+    ]

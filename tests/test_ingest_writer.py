@@ -1,0 +1,265 @@
+"""The coalescing writer and the full sync against a real PostgreSQL (no gateway needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from ingest.mapping import MemberRow
+from ingest.writer import Writer, WriterConfig
+from shared.feed import ChatMessage, ServerChanged, ServerResync, UserDeleted, UserUpserted
+from tests.ingest_helpers import DictSource, FeedRecorder, expected_rows, make_rows, table_rows
+from tests.pg import PgServer
+from tests.waiting import wait_for
+
+G1, G2 = "111", "222"
+
+
+@pytest.fixture
+async def feed(database_url: str) -> AsyncIterator[FeedRecorder]:
+    recorder = await FeedRecorder().start(database_url)
+    yield recorder
+    await recorder.stop()
+
+
+def make_writer(url: str, source: DictSource, **overrides: float) -> Writer:
+    config = WriterConfig(**{"bulk_threshold": 50, "stats_interval_s": 0, **overrides})  # type: ignore[arg-type]
+    writer = Writer(url, source, config)
+    writer.start()
+    return writer
+
+
+async def test_full_sync_then_resync_announces_only_real_changes(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource()
+    rows = make_rows(G1, 10)
+    source.set_guild(G1, "Guild one", rows)
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        assert await table_rows(conn, G1) == expected_rows(rows)
+        assert await conn.fetchval("SELECT name FROM discord_servers WHERE server_id = $1", G1) == "Guild one"
+        await wait_for(lambda: len(feed.of(UserUpserted)) == 10, message="10 upserts")
+
+        # While "away": one left, one changed status, one joined, the rest unchanged.
+        feed.events.clear()
+        changed = rows[1]._replace(status="idle")
+        joined = MemberRow(G1, "9999", "newcomer", "online", "#123456")
+        now = [rows[0], changed, *rows[3:], joined]
+        source.set_guild(G1, "Guild one renamed", now)
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        assert await table_rows(conn, G1) == expected_rows(now)
+        await wait_for(lambda: len(feed.of(UserDeleted)) == 1 and len(feed.of(UserUpserted)) == 2)
+        assert {e.user_id for e in feed.of(UserUpserted)} == {changed.user_id, "9999"}  # type: ignore[attr-defined]
+        assert feed.of(UserDeleted)[0].user_id == rows[2].user_id  # type: ignore[attr-defined]
+        assert not feed.of(ServerResync)
+        assert await conn.fetchval("SELECT name FROM discord_servers WHERE server_id = $1", G1) == (
+            "Guild one renamed"
+        )
+    finally:
+        await writer.close()
+
+
+async def test_big_sync_uses_bulk_mode_and_one_resync(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource()
+    source.set_guild(G1, "big", make_rows(G1, 300))
+    source.set_guild(G2, "other", make_rows(G2, 5))
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        writer.sync_guild(G2)
+        await writer.wait_idle()
+        assert len(await table_rows(conn, G1)) == 300
+        await wait_for(lambda: len(feed.of(UserUpserted)) == 5, message="G2's per-row upserts")
+        assert [e.server_id for e in feed.of(ServerResync)] == [G1]
+        assert all(e.server_id == G2 for e in feed.of(UserUpserted))  # type: ignore[attr-defined]
+        # Nothing changed: a re-sync announces nothing about users.
+        feed.events.clear()
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        writer.put(make_rows(G2, 1, status="dnd")[0])  # a marker event that follows in commit order
+        await wait_for(lambda: feed.of(UserUpserted), message="marker")
+        assert not feed.of(ServerResync) and len(feed.of(UserUpserted)) == 1
+    finally:
+        await writer.close()
+
+
+async def test_live_updates_coalesce_and_noops_announce_nothing(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource()
+    rows = make_rows(G1, 3)
+    source.set_guild(G1, "g", rows)
+    writer = make_writer(database_url, source, batch_max_delay_s=0.2)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        await wait_for(lambda: len(feed.of(UserUpserted)) == 3)
+        feed.events.clear()
+        for status in ("idle", "dnd", "offline", "online", "dnd"):
+            writer.put(rows[0]._replace(status=status))
+        assert writer.pending_rows == 1
+        writer.put(rows[1])  # same as stored: no-op
+        writer.remove(G1, rows[2].user_id)
+        await writer.wait_idle()
+        writer.put(rows[1]._replace(username="marker"))  # commits after: its event comes last
+        await wait_for(lambda: any(getattr(e, "username", "") == "marker" for e in feed.events))
+        summary = {(type(e).__name__, e.user_id, getattr(e, "status", None)) for e in feed.events}  # type: ignore[union-attr]
+        assert summary == {
+            ("UserDeleted", rows[2].user_id, None),
+            ("UserUpserted", rows[0].user_id, "dnd"),
+            ("UserUpserted", rows[1].user_id, "online"),  # the marker; the earlier no-op announced nothing
+        }
+        assert len(feed.events) == 3
+        writer.put(rows[1])
+        await writer.wait_idle()
+        assert await table_rows(conn, G1) == expected_rows([rows[0]._replace(status="dnd"), rows[1]])
+    finally:
+        await writer.close()
+
+
+async def test_bad_rows_and_unknown_servers_do_not_sink_the_batch(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    source = DictSource()
+    source.set_guild(G1, "g", [])
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        good = make_rows(G1, 3)
+        for row in good:
+            writer.put(row)
+        writer.put(MemberRow(G1, "not-a-snowflake", "x", "online", "#000000"))
+        writer.put(MemberRow("333", "5", "no server row", "online", "#000000"))
+        await writer.wait_idle()
+        assert await table_rows(conn, G1) == expected_rows(good)
+        assert writer.stats.rows_rejected == 1
+        assert await conn.fetchval("SELECT count(*) FROM discord_users WHERE server_id = '333'") == 0
+    finally:
+        await writer.close()
+
+
+async def test_messages_keep_order_respect_relay_and_strip_nul(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource()
+    source.set_guild(G1, "relayed", [])
+    source.set_guild(G2, "quiet", [])
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        writer.sync_guild(G2)
+        await writer.wait_idle()
+        await conn.execute("UPDATE discord_servers SET relay_messages = false WHERE server_id = $1", G2)
+        for i in range(50):
+            writer.relay_message(G1 if i % 5 else G2, "7", "70", str(i), f"line\x00 {i}\nnext")
+        await writer.wait_idle()
+        await wait_for(lambda: len(feed.of(ChatMessage)) == 40, message="40 relayed messages")
+        messages = feed.of(ChatMessage)
+        assert [m.message_id for m in messages] == [str(i) for i in range(50) if i % 5]  # type: ignore[attr-defined]
+        assert messages[0].text == "line 1 next"  # type: ignore[attr-defined]
+    finally:
+        await writer.close()
+
+
+async def test_depart_and_reconcile_touch_only_owned_guilds(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource(owned={G1, G2})
+    source.set_guild(G1, "g1", make_rows(G1, 4))
+    source.set_guild(G2, "g2", make_rows(G2, 4))
+    await conn.execute("INSERT INTO discord_servers (server_id, name, alias) VALUES ('444', 'not ours', 'x')")
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        writer.sync_guild(G2)
+        await writer.wait_idle()
+        writer.depart_guild(G1)
+        writer.put(make_rows(G1, 1, status="dnd")[0])  # after the departure: a new row for the guild...
+        await writer.wait_idle()
+        departed = await conn.fetchrow("SELECT departed_at, alias FROM discord_servers WHERE server_id = $1", G1)
+        assert departed["departed_at"] is not None
+        assert len(await table_rows(conn, G1)) == 1  # ...which is written (live events are newer)
+        # Startup after G2 vanished while we were away: only G2 (ours) is departed, '444' is left alone.
+        writer.reconcile([])
+        await writer.wait_idle()
+        states = dict(await conn.fetch("SELECT server_id, departed_at IS NOT NULL FROM discord_servers"))
+        assert states == {G1: True, G2: True, "444": False}
+        assert await table_rows(conn, G2) == {}
+        # The bot comes back: the sync clears departed_at and rewrites the members.
+        writer.sync_guild(G2)
+        await writer.wait_idle()
+        assert not await conn.fetchval("SELECT departed_at IS NOT NULL FROM discord_servers WHERE server_id = $1", G2)
+        assert len(await table_rows(conn, G2)) == 4
+    finally:
+        await writer.close()
+
+
+async def test_postgres_restart_loses_nothing(pg: PgServer, database_url: str) -> None:
+    if pg.local is None:
+        pytest.skip("needs the embedded PostgreSQL to restart it")
+    source = DictSource()
+    rows = make_rows(G1, 200)
+    source.set_guild(G1, "g", rows)
+    writer = make_writer(database_url, source, backoff_max_s=0.5)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        latest: dict[str, MemberRow] = {}
+        restart = asyncio.create_task(asyncio.to_thread(pg.restart, 1.0))
+        statuses = ("online", "idle", "dnd", "offline")
+        i = 0
+        while not restart.done() or i < 2000:
+            row = rows[i % len(rows)]._replace(status=statuses[(i // len(rows)) % 4])
+            writer.put(row)
+            latest[row.user_id] = row
+            i += 1
+            await asyncio.sleep(0.0005)
+        await restart
+        await writer.wait_idle(timeout=30)
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            assert await table_rows(conn, G1) == expected_rows(latest.values())
+        finally:
+            await conn.close()
+        assert writer.stats.reconnects >= 1
+    finally:
+        await writer.close()
+
+
+async def test_close_flushes_pending(database_url: str, conn: asyncpg.Connection) -> None:
+    source = DictSource()
+    source.set_guild(G1, "g", [])
+    writer = make_writer(database_url, source, batch_max_delay_s=5.0)
+    writer.sync_guild(G1)
+    await writer.wait_idle()
+    rows = make_rows(G1, 10)
+    for row in rows:
+        writer.put(row)
+    assert await writer.close(timeout=10)
+    assert await table_rows(conn, G1) == expected_rows(rows)
+
+
+async def test_server_rename(database_url: str, conn: asyncpg.Connection, feed: FeedRecorder) -> None:
+    source = DictSource()
+    source.set_guild(G1, "before", [])
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        feed.events.clear()
+        writer.rename_guild(G1, "after")
+        await writer.wait_idle()
+        assert await conn.fetchval("SELECT name FROM discord_servers WHERE server_id = $1", G1) == "after"
+        await wait_for(lambda: feed.of(ServerChanged), message="server event")
+    finally:
+        await writer.close()
