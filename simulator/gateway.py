@@ -233,6 +233,7 @@ class GatewayHub:
             "resume": 0,
             "resume_failed": 0,
             "dispatch": 0,
+            "member_chunks": 0,
             "connections_total": 0,
         }
         self.connections_by_path: dict[str, int] = {}
@@ -618,4 +619,5 @@ class GatewayHub:
             if not_found and index == 0:
                 chunk["not_found"] = not_found
             session.dispatch(b"GUILD_MEMBERS_CHUNK", orjson.dumps(chunk))
+            self.counters["member_chunks"] += 1
             await asyncio.sleep(0)  # let heartbeats and other connections through between chunks
