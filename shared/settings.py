@@ -7,11 +7,11 @@ Each process loads the class it needs with :func:`load`, which turns validation 
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ConfigError(Exception):
@@ -58,9 +58,24 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     discord_bot_token: SecretStr = Field(validation_alias=AliasChoices("DISCORD_BOT_TOKEN"))
     include_bots: bool = False
     relay_messages: bool = True
-    message_max_chars: int = Field(default=300, ge=1, le=2000)
+    # Sharding: None = every shard (shard_count None: the count Discord recommends).
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: Annotated[list[int], NoDecode] | None = None  # DZONE_SHARD_IDS=0,2
+    guild_ready_timeout_s: float = Field(default=2.0, ge=0)  # discord.py's wait for GUILD_CREATEs
     batch_max_rows: int = Field(default=2000, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
+    bulk_threshold: int = Field(default=500, ge=1)  # a sync changing this many rows announces one resync
+    resync_after_outage_s: float = Field(default=30.0, ge=0)
+    message_queue_max: int = Field(default=10_000, ge=1)
+    stats_interval_s: float = Field(default=10.0, ge=0)  # 0 = no periodic rate log
+    shutdown_flush_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _split_shard_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("discord_bot_token")
     @classmethod
