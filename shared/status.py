@@ -26,14 +26,17 @@ FROM server_presence_summary
 ORDER BY is_default DESC, name, server_id
 """
 
-# A feed listener is a session whose last statement was LISTEN on the feed channel (it then sits idle
-# waiting for notifications), or one that names itself a serve through application_name.
+# The application_name a serve gives its LISTEN connection, so that operators can tell it apart.
+LISTENER_APPLICATION_NAME = "dzone-serve-listener"
+
+# PostgreSQL does not show who LISTENs. A feed listener is a session that names itself so, or whose
+# last statement was the LISTEN (asyncpg sends it once, then the session sits idle waiting).
 LISTENERS_SQL = f"""
 SELECT pid, application_name, host(client_addr) AS client_addr, backend_start, state
 FROM pg_stat_activity
 WHERE datname = current_database()
   AND pid <> pg_backend_pid()
-  AND (query ILIKE 'LISTEN%{CHANNEL}%' OR application_name ILIKE 'dzone%serve%')
+  AND (application_name = '{LISTENER_APPLICATION_NAME}' OR query ILIKE 'LISTEN%{CHANNEL}%')
 ORDER BY backend_start
 """
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from shared.cli import main
 from shared.feed import CHANNEL
-from shared.status import StatusError, read_status, render, table
+from shared.status import LISTENER_APPLICATION_NAME, StatusError, read_status, render, table
 
 SEED = """
 INSERT INTO discord_servers (server_id, name, alias, is_default) VALUES
@@ -67,6 +67,23 @@ async def test_status_lists_feed_listeners(conn: asyncpg.Connection, database_ur
     status = await read_status(database_url)
     assert status.listeners == []
     assert "no serve process is listening" in render(status)
+
+
+async def test_status_lists_a_named_listener_after_other_queries(database_url: str) -> None:
+    # a serve's listener probes its connection, so its last statement is no longer the LISTEN
+    named = await asyncpg.connect(
+        database_url, server_settings={"application_name": LISTENER_APPLICATION_NAME}
+    )
+    other = await asyncpg.connect(database_url, server_settings={"application_name": "not-a-listener"})
+    try:
+        await named.add_listener(CHANNEL, lambda *_: None)
+        await named.fetchval("SELECT 1")
+        await other.fetchval("SELECT 1")
+        status = await read_status(database_url)
+        assert [li.pid for li in status.listeners] == [named.get_server_pid()]
+    finally:
+        await named.close()
+        await other.close()
 
 
 async def test_status_reports_queue_usage_as_a_fraction(database_url: str) -> None:
