@@ -1,0 +1,378 @@
+"""``WebSocketServer``: d-back's Python API (same constructor, callbacks, broadcasts, start/stop) on our core.
+
+Without registered callbacks the data comes from PostgreSQL (``DATABASE_URL``) and the change feed; a
+registered callback replaces its default, so the d-back guide's provider examples run unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from serve import http
+from serve.hub import Callbacks, Hub
+from serve.limits import AddressCounter
+from serve.listener import FeedListener
+from serve.metrics import ServeMetrics
+from serve.oauth import DiscordIdentity
+from shared import db
+from shared.settings import ServeSettings, load
+
+log = structlog.get_logger(__name__)
+
+StaticCallback = Callable[[str], Awaitable[tuple[str, str] | None]]
+
+
+class ServeError(Exception):
+    """The server cannot start (bad configuration, database unreachable at start)."""
+
+
+def _version() -> str:
+    try:
+        return package_version("dzone-pg")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> type[ServerConnection]:
+    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``.
+
+    broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
+    the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
+    """
+
+    class ViewerConnection(ServerConnection):
+        _slow_timer: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._slow_timer is not None:
+                self._slow_timer.cancel()
+                self._slow_timer = None
+
+        def _drop_if_still_full(self) -> None:
+            if self.paused:
+                log.info("slow_viewer_dropped", peer=str(self.remote_address), grace_s=grace_s)
+                on_drop()
+                self.transport.abort()
+
+    return ViewerConnection
+
+
+class WebSocketServer:
+    """A d-back-compatible server: ``WebSocketServer(port=3000, host="localhost")`` as in the guide."""
+
+    def __init__(
+        self,
+        port: int = 3000,
+        host: str = "localhost",
+        *,
+        settings: ServeSettings | None = None,
+        static_dir: str | Path | None = None,
+    ) -> None:
+        base = settings if settings is not None else load(ServeSettings)
+        self.settings = base.model_copy(update={"port": port, "host": host})
+        directory = static_dir if static_dir is not None else self.settings.static_dir
+        self.static_dir: Path = Path(directory).resolve() if directory else http.PACKAGED_WEB
+        self.metrics = ServeMetrics()
+        self._callbacks = Callbacks()
+        self._static_callback: StaticCallback | None = None
+        self._addresses = AddressCounter()
+        self._server: Server | None = None
+        self._listener: FeedListener | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._hub: Hub | None = None
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._started_at = time.time()
+        self.version = _version()
+
+    # ------------------------------------------------------------ d-back callbacks
+
+    def on_get_server_data(self, callback: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Replace the server list from discord_servers by ``await callback()`` -> {key: {id, name, ...}}."""
+        self._callbacks.server_data = callback
+
+    def on_get_user_data(self, callback: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        """Replace members from discord_users by ``await callback(guild_key)`` -> {uid: {uid, username, ...}}."""
+        self._callbacks.user_data = callback
+
+    def on_static_request(self, callback: StaticCallback) -> None:
+        """``await callback(path)`` -> None to pass, or (content_type, file_path) to serve that file."""
+        self._static_callback = callback
+
+    def on_validate_discord_user(
+        self, callback: Callable[[str, dict[str, Any], str], Awaitable[bool]]
+    ) -> None:
+        """Replace the Discord + membership check by ``await callback(token, user, guild_key)``."""
+        self._callbacks.validate_discord_user = callback
+
+    def on_get_client_id(self, callback: Callable[[str], Awaitable[str | None]]) -> None:
+        """``await callback(guild_key)`` -> the OAuth client id sent as server-join ``clientId``."""
+        self._callbacks.client_id = callback
+
+    # ------------------------------------------------------------ d-back broadcasts
+
+    async def broadcast_presence(
+        self,
+        server: str,
+        uid: str,
+        status: str,
+        username: str | None = None,
+        role_color: str | None = None,
+        delete: bool = False,
+    ) -> None:
+        """Send a presence to the viewers of guild ``server``; name and colour come from the cache if omitted."""
+        if self._hub is not None:
+            self._hub.push_presence(str(server), str(uid), str(status), username, role_color, bool(delete))
+
+    async def broadcast_message(self, server: str, uid: str, message: str, channel: str) -> None:
+        """Send a chat bubble (capped, on one line) to the viewers of guild ``server``."""
+        if self._hub is not None:
+            self._hub.push_message(str(server), str(uid), message, channel)
+
+    async def broadcast_client_id_update(self, server: str, client_id: str) -> None:
+        if self._hub is not None:
+            self._hub.push_client_id(str(server), str(client_id))
+
+    @property
+    def connections(self) -> set[ServerConnection]:
+        """Every open socket, joined or not (as d-back's attribute)."""
+        return set(self._hub.sessions) if self._hub else set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port=0)."""
+        if self._server is None:
+            return self.settings.port
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def needs_database(self) -> bool:
+        return self._callbacks.server_data is None or self._callbacks.user_data is None
+
+    async def open(self) -> None:
+        """Connect, read the server list, start the relay and listen; returns once serving."""
+        s = self.settings
+        pool = None
+        if self.needs_database:
+            if not s.database_url:
+                raise ServeError("DATABASE_URL is not set (and not every data callback is registered)")
+            try:
+                pool = await db.create_pool(s.database_url, min_size=1, max_size=s.pool_max_size)
+            except (OSError, TimeoutError) as exc:
+                raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
+        identity = DiscordIdentity(s.discord_api_base, s.oauth_timeout_s, s.oauth_cache_s)
+        hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
+        if s.database_url and (hub.servers_from_db or hub.users_from_db):
+            self._listener = FeedListener(
+                s.database_url,
+                hub.on_feed_event,
+                hub.resync_everything,
+                self.metrics,
+                probe_interval_s=s.listener_probe_interval_s,
+                probe_timeout_s=s.listener_probe_timeout_s,
+                backoff_max_s=s.listener_backoff_max_s,
+            )
+            self._listener_task = asyncio.create_task(self._listener.run())
+            # The first server list comes from the listener's first sync (LISTEN first, then read).
+            try:
+                async with asyncio.timeout(15):
+                    await self._listener.first_sync.wait()
+            except TimeoutError:
+                await self.close()
+                raise ServeError(f"could not start the change feed: {self._listener.last_error}") from None
+        else:
+            await hub.refresh_directory()
+        self._server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=s.max_frame_bytes,
+            max_queue=16,
+            write_limit=s.write_buffer_bytes,
+            ping_interval=s.ping_interval_s,
+            ping_timeout=s.ping_timeout_s,
+            origins=[*s.allowed_origins, None] if s.allowed_origins else None,  # type: ignore[list-item]
+            create_connection=_viewer_connection_class(
+                s.slow_viewer_grace_s, self.metrics.slow_viewers_dropped.inc
+            ),
+            server_header=None,
+        )
+        log.info(
+            "serving",
+            host=s.host,
+            port=self.port,
+            static_dir=str(self.static_dir),
+            database=bool(pool),
+            callbacks=[k for k, v in vars(self._callbacks).items() if v],
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, close viewers with 1001, stop the relay, close the pool (idempotent)."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            await asyncio.gather(self._listener_task, return_exceptions=True)
+        if self._hub is not None:
+            await self._hub.close()
+            await self._hub.identity.close()
+            if self._hub.pool is not None:
+                await self._hub.pool.close()
+        self._closed.set()
+
+    async def start(self) -> None:
+        """Serve until :meth:`stop` (d-back's start blocks the same way)."""
+        await self.open()
+        await self._closed.wait()
+
+    async def stop(self) -> None:
+        await self.close()
+
+    async def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        await self.open()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
+        try:
+            await self._closed.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+    # ------------------------------------------------------------ readiness
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = the listener is connected (when there is one) and no data source is failing."""
+        problems: dict[str, Any] = {}
+        if self._listener is not None and not self._listener.connected:
+            problems["listener"] = self._listener.last_error or "disconnected"
+        if self._hub is not None:
+            problems.update(self._hub.health.problems)
+        return (not problems, problems)
+
+    # ------------------------------------------------------------ sockets and HTTP
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert self._hub is not None
+        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        self._addresses.add(address)
+        try:
+            await self._hub.handle(ws)
+        finally:
+            self._addresses.remove(address)
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if http.is_upgrade(request):
+            return self._admit(connection)
+        started = time.monotonic()
+        resp = await self._http(request)
+        log.debug(
+            "http",
+            method=request.method,
+            path=request.path[:200],
+            status=resp.status_code,
+            ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        return resp
+
+    def _admit(self, connection: ServerConnection) -> Response | None:
+        """Refuse an upgrade beyond the connection limits (before accepting: rule 20)."""
+        assert self._hub is not None
+        s = self.settings
+        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if self._hub.directory is None:
+            self.metrics.refused.inc()
+            return http.text_response(503, "Server list not loaded yet\n", extra={"Retry-After": "5"})
+        if len(self._hub.sessions) >= s.max_connections:
+            self.metrics.refused.inc()
+            return http.text_response(503, "Too many connections\n", extra={"Retry-After": "30"})
+        if self._addresses.count(address) >= s.max_connections_per_ip:
+            self.metrics.refused.inc()
+            return http.text_response(
+                429, "Too many connections from your address\n", extra={"Retry-After": "30"}
+            )
+        return None
+
+    async def _http(self, request: Request) -> Response:
+        head = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            return http.text_response(405, "Method Not Allowed\n", extra={"Allow": "GET, HEAD"})
+        path = http.request_path(request)
+        if self._static_callback is not None:
+            answer = await self._static_callback(path)
+            if answer is not None:
+                content_type, file_path = answer
+                target = Path(file_path)
+                if not await asyncio.to_thread(target.is_file):
+                    return http.not_found(head)
+                return await http.file_response(target, head=head, content_type=content_type)
+        if path == "/api/version":
+            return http.json_response(200, {"version": self.version}, head=head)
+        if path == "/healthz":
+            return http.json_response(200, {"status": "alive"}, head=head)
+        if path == "/readyz":
+            ready, problems = self.readiness()
+            return http.json_response(
+                200 if ready else 503, {"ready": ready, "problems": problems}, head=head
+            )
+        if path == "/metrics":
+            return http.response(
+                200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8", head=head
+            )
+        if path == "/api/status":
+            return http.json_response(200, self.status(), head=head)
+        found = await asyncio.to_thread(http.resolve_static, self.static_dir, path)
+        if found is None:
+            return http.not_found(head)
+        return await http.file_response(found, head=head)
+
+    def status(self) -> dict[str, Any]:
+        """A small public summary for the status page: servers and viewer counts, nothing secret."""
+        hub = self._hub
+        ready, _problems = self.readiness()
+        servers = []
+        if hub is not None and hub.directory is not None:
+            for info in hub.directory.servers:
+                state = hub.states.get(info.key)
+                servers.append(
+                    {
+                        "id": info.id,
+                        "name": info.name,
+                        "viewers": len(state.viewers) if state else 0,
+                        "members": len(state.members) if state else None,
+                    }
+                )
+        return {
+            "version": self.version,
+            "ready": ready,
+            "connections": len(hub.sessions) if hub else 0,
+            "uptime_s": round(time.time() - self._started_at),
+            "servers": servers,
+        }

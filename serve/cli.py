@@ -1,0 +1,49 @@
+"""``dzone serve``: run the WebSocket + HTTP server until SIGTERM/SIGINT (then exit 0)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from shared import logs
+from shared.settings import ConfigError, ServeSettings, load
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind (default DZONE_HOST or 127.0.0.1).")
+@click.option(
+    "--port", type=int, default=None, help="Port for HTTP and WebSocket (default DZONE_PORT or 3000)."
+)
+@click.option(
+    "--static-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve this directory (a d-zone build) at / instead of the built-in status page.",
+)
+def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
+    """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them."""
+    from serve.api import ServeError, WebSocketServer
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if static_dir is not None:
+        overrides["static_dir"] = str(static_dir)
+    try:
+        settings = load(ServeSettings, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.static_dir and not (Path(settings.static_dir) / "index.html").is_file():
+        raise click.ClickException(f"--static-dir {settings.static_dir}: no index.html there")
+    if not settings.database_url:
+        raise click.ClickException("DATABASE_URL is not set (try: dzone localdb, then export its URL)")
+    logs.configure(settings.log_level, settings.log_format)
+    server = WebSocketServer(port=settings.port, host=settings.host, settings=settings)
+    try:
+        asyncio.run(server.run_forever())
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None

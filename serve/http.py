@@ -1,0 +1,117 @@
+"""Plain HTTP on the WebSocket port (rule 19): version, health, metrics and static files, GET and HEAD.
+
+Static files are served from one root (``--static-dir`` or the packaged ``serve/web``); the resolved
+path must stay inside it (``Path.is_relative_to``, not a string prefix: d-back fault 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import mimetypes
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import orjson
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+PACKAGED_WEB = Path(__file__).resolve().parent / "web"
+MAX_STATIC_BYTES = 32 * 1024 * 1024  # a d-zone build's largest file is a few MB
+
+# Names d-zone's build uses that mimetypes may not know everywhere.
+_EXTRA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".woff2": "font/woff2",
+}
+
+
+def is_upgrade(request: Request) -> bool:
+    """The request asks for a WebSocket (d-back's test: Upgrade: websocket and Connection contains upgrade)."""
+    upgrade = request.headers.get("Upgrade", "")
+    connection = request.headers.get("Connection", "")
+    return upgrade.lower() == "websocket" and "upgrade" in connection.lower()
+
+
+def response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    head: bool = False,
+    cache: str = "no-store",
+    extra: dict[str, str] | None = None,
+    length: int | None = None,
+) -> Response:
+    """A complete response: Content-Type, Content-Length and Cache-Control always; no body for HEAD."""
+    headers = Headers()
+    headers["Date"] = email.utils.formatdate(usegmt=True)
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body) if length is None else length)
+    headers["Cache-Control"] = cache
+    headers["Connection"] = "close"
+    for name, value in (extra or {}).items():
+        headers[name] = value
+    phrase = HTTPStatus(status).phrase
+    return Response(status, phrase, headers, b"" if head else body)
+
+
+def json_response(status: int, payload: object, *, head: bool = False) -> Response:
+    return response(status, orjson.dumps(payload), "application/json", head=head)
+
+
+def text_response(
+    status: int, text: str, *, head: bool = False, extra: dict[str, str] | None = None
+) -> Response:
+    return response(status, text.encode(), "text/plain; charset=utf-8", head=head, extra=extra)
+
+
+def request_path(request: Request) -> str:
+    """The decoded path without query string."""
+    return unquote(urlsplit(request.path).path) or "/"
+
+
+def content_type_of(path: Path) -> str:
+    kind = (
+        _EXTRA_TYPES.get(path.suffix.lower())
+        or mimetypes.guess_type(path.name)[0]
+        or "application/octet-stream"
+    )
+    if kind.startswith("text/") or kind in ("application/json", "application/javascript"):
+        kind += "; charset=utf-8"
+    return kind
+
+
+def resolve_static(root: Path, url_path: str) -> Path | None:
+    """The file under ``root`` that ``url_path`` names, or None when missing or outside ``root``."""
+    relative = url_path.lstrip("/") or "index.html"
+    if "\x00" in relative:
+        return None
+    try:
+        candidate = (root / relative).resolve()
+    except (OSError, RuntimeError):
+        return None
+    if not candidate.is_relative_to(root):
+        return None
+    if candidate.is_dir():
+        candidate = candidate / "index.html"
+    return candidate if candidate.is_file() else None
+
+
+async def file_response(path: Path, *, head: bool, content_type: str | None = None) -> Response:
+    """A file from disk, read off the event loop; html is revalidated, assets cached for an hour."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if size > MAX_STATIC_BYTES:
+        return text_response(413, "File too large to serve\n", head=head)
+    body = b"" if head else await asyncio.to_thread(path.read_bytes)
+    kind = content_type or content_type_of(path)
+    cache = "no-cache" if kind.startswith("text/html") else "public, max-age=3600"
+    return response(200, body, kind, head=head, cache=cache, length=size)
+
+
+def not_found(head: bool) -> Response:
+    return text_response(404, "Not Found\n", head=head)

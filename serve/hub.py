@@ -1,0 +1,544 @@
+"""The core of the serve: servers and members in memory, viewers per server, and the relay.
+
+Data path: notification -> :meth:`Hub.on_feed_event` (sync, in commit order) -> update the server's
+members -> encode the presence/message frame once -> ``broadcast`` to that server's viewers.
+A viewer joins in one synchronous step (leave old set, write server-join, enter new set), so no event of
+the new server can fall between its snapshot and its subscription, and none of the old one can follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+
+from serve import frames, providers
+from serve.frames import ConnectRequest, ProtocolError
+from serve.limits import Pacer
+from serve.metrics import ServeMetrics
+from serve.oauth import AuthRejected, AuthUnavailable, DiscordIdentity
+from serve.providers import ProviderError
+from serve.world import (
+    Directory,
+    Member,
+    ServerInfo,
+    ServerState,
+    diff_presences,
+    presence_for_change,
+    visible,
+)
+from shared.feed import ChatMessage, FeedEvent, ServerChanged, ServerResync, UserDeleted, UserUpserted
+from shared.settings import ServeSettings
+
+log = structlog.get_logger(__name__)
+
+ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
+ClientIdCallback = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass
+class Callbacks:
+    """The guide's registered callbacks; None means "use the PostgreSQL default"."""
+
+    server_data: providers.ServerDataCallback | None = None
+    user_data: providers.UserDataCallback | None = None
+    validate_discord_user: ValidateCallback | None = None
+    client_id: ClientIdCallback | None = None
+
+
+@dataclass(eq=False)
+class Session:
+    """One socket: the server it views (None before its first join) and its pacing."""
+
+    ws: ServerConnection
+    address: str
+    pacer: Pacer
+    state: ServerState | None = None
+
+
+@dataclass
+class Health:
+    """Why the process is not ready, by source (empty = ready as far as data goes)."""
+
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+class Hub:
+    """Owns the directory, the per-server states and the sessions of one serve process."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        metrics: ServeMetrics,
+        callbacks: Callbacks,
+        identity: DiscordIdentity,
+        pool: asyncpg.Pool | None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.callbacks = callbacks
+        self.identity = identity
+        self.pool = pool
+        self.directory: Directory | None = None
+        self.states: dict[str, ServerState] = {}
+        self.sessions: dict[ServerConnection, Session] = {}
+        self.health = Health()
+        self._loading: dict[str, asyncio.Task[ServerState]] = {}
+        self._resyncing: dict[str, asyncio.Task[None]] = {}
+        self._resync_again: set[str] = set()
+        self._directory_task: asyncio.Task[Directory] | None = None
+        self._directory_again = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def servers_from_db(self) -> bool:
+        return self.callbacks.server_data is None
+
+    @property
+    def users_from_db(self) -> bool:
+        return self.callbacks.user_data is None
+
+    # ------------------------------------------------------------ directory
+
+    async def refresh_directory(self) -> Directory:
+        """Re-read the servers (single flight: concurrent callers share one read); keep the last good on failure."""
+        if self._directory_task is not None:
+            if self.servers_from_db:
+                self._directory_again = True  # a change may have landed after the read in flight started
+            return await asyncio.shield(self._directory_task)
+        self._directory_task = asyncio.create_task(self._read_directory())
+        try:
+            return await asyncio.shield(self._directory_task)
+        finally:
+            self._directory_task = None
+
+    async def _read_directory(self) -> Directory:
+        while True:
+            self._directory_again = False
+            try:
+                if self.callbacks.server_data is not None:
+                    raw = await providers.call_provider(
+                        "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
+                    )
+                    servers = providers.validate_servers(raw)
+                else:
+                    assert self.pool is not None
+                    servers = await providers.db_servers(self.pool)
+            except ProviderError as exc:
+                self.health.problems["servers"] = str(exc)
+                log.error(
+                    "server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None
+                )
+                if self.directory is None:
+                    raise
+                return self.directory
+            self.health.problems.pop("servers", None)
+            self.apply_directory(Directory(servers))
+            if not self._directory_again:
+                assert self.directory is not None
+                return self.directory
+
+    def apply_directory(self, new: Directory) -> None:
+        """Switch to ``new``; viewers of a server whose hide_offline or client id changed get the difference."""
+        old = self.directory
+        self.directory = new
+        for key, state in self.states.items():
+            before = old.by_key.get(key) if old else None
+            after = new.by_key.get(key)
+            if before == after:
+                continue
+            state.invalidate()
+            if before is None or after is None or not state.viewers:
+                continue
+            if before.hide_offline != after.hide_offline:
+                for frame in diff_presences(
+                    key, state.members, state.members, before.hide_offline, after.hide_offline
+                ):
+                    self._send_to_viewers(state, frame)
+            new_client_id = self._static_client_id(after)
+            if new_client_id and new_client_id != self._static_client_id(before):
+                self._send_to_viewers(state, frames.client_id_frame(key, new_client_id))
+
+    def _info(self, key: str) -> ServerInfo | None:
+        return self.directory.by_key.get(key) if self.directory else None
+
+    def _hide_offline(self, key: str) -> bool:
+        info = self._info(key)
+        return info.hide_offline if info else False
+
+    # ------------------------------------------------------------ the change feed
+
+    def on_feed_event(self, event: FeedEvent) -> None:
+        """Apply one notification; runs synchronously in commit order (called by the listener)."""
+        if isinstance(event, ServerChanged):
+            if self.servers_from_db:
+                self._spawn(self._refresh_directory_logged())
+            return
+        if not self.users_from_db:
+            return
+        state = self.states.get(event.server_id)
+        if state is None:
+            return  # nobody has joined this server: nothing cached, nothing to send
+        if isinstance(event, ServerResync):
+            if state.live:
+                self.request_resync(state)
+            return
+        if state.buffer is not None:
+            state.buffer.append(event)
+            return
+        self._apply(state, event)
+
+    def _apply(self, state: ServerState, event: FeedEvent) -> None:
+        key = state.key
+        if isinstance(event, UserUpserted):
+            before = state.members.get(event.user_id)
+            after = Member(event.username, event.status, event.role_color)
+            state.members[event.user_id] = after
+            state.invalidate()
+            frame = presence_for_change(key, event.user_id, before, after, self._hide_offline(key))
+        elif isinstance(event, UserDeleted):
+            before = state.members.pop(event.user_id, None)
+            if before is None:
+                return
+            state.invalidate()
+            frame = presence_for_change(key, event.user_id, before, None, self._hide_offline(key))
+        elif isinstance(event, ChatMessage):
+            frame = self._chat_frame(state, event.user_id, event.text, event.channel_id)
+        else:
+            return
+        if frame is not None:
+            self._send_to_viewers(state, frame)
+
+    def _chat_frame(self, state: ServerState, uid: str, text: str, channel: str) -> bytes | None:
+        """A message frame only for a relayed server and a member the viewers can see (rule 12)."""
+        info = self._info(state.key)
+        if info is None or not info.relay_messages:
+            return None
+        member = state.members.get(uid)
+        if member is None or not visible(member, info.hide_offline):
+            return None
+        text = frames.cap_message(text, self.settings.message_max_chars)
+        if not text.strip():
+            return None
+        return frames.message_frame(state.key, uid, text, channel)
+
+    def _send_to_viewers(self, state: ServerState, frame: bytes) -> None:
+        if state.viewers:
+            broadcast(state.viewers, frame, text=True)
+            self.metrics.frames_sent.inc(len(state.viewers))
+
+    # ------------------------------------------------------------ reading members
+
+    async def live_state(self, key: str) -> ServerState:
+        """The server's state, read on first use (DB) or on every join (callback, like d-back)."""
+        state = self.states.get(key)
+        if self.users_from_db and state is not None and state.live:
+            return state
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key))
+            self._loading[key] = task
+            task.add_done_callback(lambda _t: self._loading.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str) -> ServerState:
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = ServerState(key)
+        if state.buffer is None:
+            state.buffer = []  # from now on, events of this server wait for the read to finish
+        try:
+            members = await self._read_members(key)
+        except ProviderError as exc:
+            self._abandon_read(state)
+            self.health.problems[f"members:{key}"] = str(exc)
+            if state.live:
+                log.error("member_read_failed", server=key, error=str(exc), keeping_last_good=True)
+                return state
+            del self.states[key]
+            raise
+        self.health.problems.pop(f"members:{key}", None)
+        self._finish_read(state, members)
+        return state
+
+    async def _read_members(self, key: str) -> dict[str, Member]:
+        if self.callbacks.user_data is not None:
+            raw = await providers.call_provider(
+                f"on_get_user_data({key})", self.callbacks.user_data(key), self.settings.provider_timeout_s
+            )
+            return providers.validate_users(raw, key)
+        assert self.pool is not None
+        return await providers.db_members(self.pool, key)
+
+    def _finish_read(self, state: ServerState, members: dict[str, Member]) -> None:
+        """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), send viewers the diff."""
+        buffered = state.buffer or []
+        chats = []
+        for event in buffered:
+            if isinstance(event, UserUpserted):
+                members[event.user_id] = Member(event.username, event.status, event.role_color)
+            elif isinstance(event, UserDeleted):
+                members.pop(event.user_id, None)
+            elif isinstance(event, ChatMessage):
+                chats.append(event)
+        old = state.members
+        state.members = members
+        state.buffer = None
+        state.live = True
+        state.invalidate()
+        if state.viewers:
+            hide = self._hide_offline(state.key)
+            for frame in diff_presences(state.key, old, members, hide, hide):
+                self._send_to_viewers(state, frame)
+        for chat in chats:
+            self._apply(state, chat)
+
+    def _abandon_read(self, state: ServerState) -> None:
+        """A read failed: apply what was buffered to the old members so nothing is lost."""
+        buffered, state.buffer = state.buffer or [], None
+        for event in buffered:
+            self._apply(state, event)
+
+    def request_resync(self, state: ServerState) -> None:
+        """Re-read one server soon (coalesced: one read in flight, at most one more queued)."""
+        if state.key in self._resyncing:
+            self._resync_again.add(state.key)
+            return
+        task = asyncio.create_task(self._resync(state))
+        self._resyncing[state.key] = task
+
+    async def _resync(self, state: ServerState) -> None:
+        try:
+            while True:
+                self._resync_again.discard(state.key)
+                await self._load(state.key)
+                if state.key not in self._resync_again:
+                    return
+        except ProviderError as exc:
+            log.error("resync_failed", server=state.key, error=str(exc))
+        finally:
+            self._resyncing.pop(state.key, None)
+
+    async def resync_everything(self) -> None:
+        """After (re)connecting the listener: re-read servers, then every cached server; raise if a read fails."""
+        if self.servers_from_db:
+            directory = await self.refresh_directory()
+            if "servers" in self.health.problems:
+                raise ProviderError(self.health.problems["servers"])
+            del directory
+        if not self.users_from_db:
+            return
+        live = [s for s in self.states.values() if s.live]
+        await asyncio.gather(*(self._load(s.key) for s in live))
+        failed = [k for k in self.health.problems if k.startswith("members:")]
+        if failed:
+            raise ProviderError(f"re-reading {len(failed)} server(s) failed")
+
+    # ------------------------------------------------------------ sessions
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """One socket's life: server-list at once (rule 4), then answer each ``connect``."""
+        address = _address(ws)
+        session = Session(ws, address, Pacer(self.settings.connects_per_minute))
+        self.sessions[ws] = session
+        self.metrics.connections.inc()
+        try:
+            directory = self.directory
+            if self.callbacks.server_data is not None or directory is None:
+                directory = await self.refresh_directory()
+            await ws.send(directory.list_frame, text=True)
+            async for message in ws:
+                delay = session.pacer.delay()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # rule 15: slow this socket down, never close it
+                try:
+                    request = frames.parse_client_frame(message)
+                except ProtocolError as exc:
+                    await self._send_error(ws, str(exc))
+                    continue
+                await self.join(session, request)
+        except ConnectionClosed:
+            pass
+        except ProviderError as exc:
+            log.error("socket_open_failed", error=str(exc))
+        finally:
+            if session.state is not None:
+                session.state.viewers.discard(ws)
+            del self.sessions[ws]
+            self.metrics.connections.dec()
+
+    async def _send_error(self, ws: ServerConnection, message: str) -> None:
+        self.metrics.join_errors.inc()
+        await ws.send(frames.error_frame(message), text=True)
+
+    async def join(self, session: Session, request: ConnectRequest) -> None:
+        """Resolve, authorise, read if needed, then switch the socket in one synchronous step (rules 5-9)."""
+        directory = self.directory
+        if self.callbacks.server_data is not None or directory is None:
+            try:
+                directory = await self.refresh_directory()
+            except ProviderError:
+                await self._send_error(session.ws, frames.ERR_UNAVAILABLE)
+                return
+        info = directory.resolve(request.server)
+        if info is None:
+            await self._send_error(session.ws, frames.ERR_NOT_FOUND)
+            return
+        if info.passworded:
+            refusal = await self.authorize(info, request)
+            if refusal is not None:
+                await self._send_error(session.ws, refusal)
+                return
+        try:
+            state = await self.live_state(info.key)
+        except ProviderError:
+            await self._send_error(session.ws, frames.ERR_UNAVAILABLE)
+            return
+        client_id = await self.client_id(info)
+        info = self._info(info.key) or info  # settings may have changed while we waited
+        if self.callbacks.client_id is not None:
+            from serve.world import encode_join
+
+            frame = encode_join(info, state.members, client_id, self.settings.snapshot_max_users)
+        else:
+            frame = state.join_frame(info, client_id, self.settings.snapshot_max_users)
+        # One synchronous step: no event can slip between the snapshot and the subscription.
+        if session.state is not None:
+            session.state.viewers.discard(session.ws)
+        broadcast((session.ws,), frame, text=True)
+        state.viewers.add(session.ws)
+        session.state = state
+        self.metrics.joins.inc()
+
+    async def authorize(self, info: ServerInfo, request: ConnectRequest) -> str | None:
+        """None if the socket may join passworded ``info`` (rule 17), else the error text to send."""
+        token = request.discord_token
+        if token is None:
+            return frames.ERR_AUTH_REQUIRED
+        if self.callbacks.validate_discord_user is not None:
+            try:
+                ok = await providers.call_provider(
+                    "on_validate_discord_user",
+                    self.callbacks.validate_discord_user(token, dict(request.discord_user or {}), info.key),
+                    self.settings.oauth_timeout_s,
+                )
+            except ProviderError as exc:
+                log.error("discord_validation_failed", server=info.key, error=str(exc))
+                return frames.ERR_AUTH_UNAVAILABLE
+            return None if ok is True else frames.ERR_AUTH_FAILED
+        try:
+            user_id = await self.identity.user_id(token)
+        except AuthRejected as exc:
+            log.info("discord_auth_refused", server=info.key, reason=str(exc))
+            return frames.ERR_AUTH_FAILED
+        except AuthUnavailable as exc:
+            log.warning("discord_auth_unavailable", server=info.key, reason=str(exc))
+            return frames.ERR_AUTH_UNAVAILABLE
+        try:
+            member = await self.is_member(info.key, user_id)
+        except ProviderError as exc:
+            log.error("membership_check_failed", server=info.key, error=str(exc))
+            return frames.ERR_UNAVAILABLE
+        if not member:
+            log.info("discord_auth_not_member", server=info.key, user=user_id)
+            return frames.ERR_NOT_MEMBER
+        return None
+
+    async def is_member(self, key: str, user_id: str) -> bool:
+        if self.users_from_db:
+            assert self.pool is not None
+            return await providers.db_is_member(self.pool, key, user_id)
+        state = await self.live_state(key)
+        return user_id in state.members
+
+    def _static_client_id(self, info: ServerInfo) -> str | None:
+        return info.oauth_client_id or self.settings.oauth_client_id
+
+    async def client_id(self, info: ServerInfo) -> str | None:
+        if self.callbacks.client_id is None:
+            return self._static_client_id(info)
+        try:
+            value = await providers.call_provider(
+                "on_get_client_id", self.callbacks.client_id(info.key), self.settings.provider_timeout_s
+            )
+        except ProviderError as exc:
+            log.error("client_id_failed", server=info.key, error=str(exc))
+            return self._static_client_id(info)
+        return str(value) if value else self._static_client_id(info)
+
+    # ------------------------------------------------------------ the broadcast API (guide)
+
+    def push_presence(
+        self, key: str, uid: str, status: str, username: str | None, role_color: str | None, delete: bool
+    ) -> bool:
+        """broadcast_presence: fill name/colour from the cache (d-back fault 13); never make a ghost."""
+        state = self.states.get(key)
+        before = state.members.get(uid) if state else None
+        username = username if username is not None else (before.username if before else None)
+        role_color = role_color if role_color is not None else (before.role_color if before else None)
+        if username is None:
+            log.debug("presence_dropped_unknown_member", server=key, uid=uid)
+            return False
+        frame = frames.presence_frame(
+            key, uid, status, username, role_color or providers.DEFAULT_ROLE_COLOR, delete=delete
+        )
+        if state is None:
+            return False
+        if delete:
+            state.members.pop(uid, None)
+        else:
+            state.members[uid] = Member(username, status, role_color or providers.DEFAULT_ROLE_COLOR)
+        state.invalidate()
+        self._send_to_viewers(state, frame)
+        return True
+
+    def push_message(self, key: str, uid: str, text: str, channel: str) -> bool:
+        state = self.states.get(key)
+        if state is None or not state.viewers:
+            return False
+        text = frames.cap_message(str(text), self.settings.message_max_chars)
+        if not text.strip():
+            return False
+        self._send_to_viewers(state, frames.message_frame(key, uid, text, str(channel)))
+        return True
+
+    def push_client_id(self, key: str, client_id: str) -> None:
+        state = self.states.get(key)
+        if state is not None:
+            self._send_to_viewers(state, frames.client_id_frame(key, client_id))
+
+    # ------------------------------------------------------------ housekeeping
+
+    def viewers_of(self, key: str) -> Iterable[ServerConnection]:
+        state = self.states.get(key)
+        return tuple(state.viewers) if state else ()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh_directory_logged(self) -> None:
+        try:
+            await self.refresh_directory()
+        except ProviderError as exc:
+            log.error("server_list_refresh_failed", error=str(exc))
+
+    async def close(self) -> None:
+        tasks = [*self._background, *self._loading.values(), *self._resyncing.values()]
+        if self._directory_task is not None:
+            tasks.append(self._directory_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _address(ws: ServerConnection) -> str:
+    remote = ws.remote_address
+    return str(remote[0]) if remote else "?"

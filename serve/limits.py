@@ -1,0 +1,44 @@
+"""Per-socket pacing and per-address connection counting (protocol rule 20)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+
+class Pacer:
+    """A token bucket of ``per_minute`` frames with a burst of the same size; ``delay()`` says how long
+    to wait before answering the next frame. Over the limit a socket is slowed down, never closed (rule 15)."""
+
+    __slots__ = ("_last", "_rate", "_size", "_tokens")
+
+    def __init__(self, per_minute: int) -> None:
+        self._size = float(per_minute)
+        self._rate = per_minute / 60.0
+        self._tokens = self._size
+        self._last = time.monotonic()
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        self._tokens = min(self._size, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+class AddressCounter:
+    """Open sockets per client address, to refuse the upgrade of one address beyond its share."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def count(self, address: str) -> int:
+        return self._counts[address]
+
+    def add(self, address: str) -> None:
+        self._counts[address] += 1
+
+    def remove(self, address: str) -> None:
+        self._counts[address] -= 1
+        if self._counts[address] <= 0:
+            del self._counts[address]

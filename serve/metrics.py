@@ -1,0 +1,37 @@
+"""Prometheus metrics of one serve process (its own registry, so several servers can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("dzone_serve_connections", "Open WebSocket connections", registry=r)
+        self.joins = Counter("dzone_serve_joins_total", "server-join frames sent", registry=r)
+        self.join_errors = Counter("dzone_serve_errors_total", "error frames sent", registry=r)
+        self.frames_sent = Counter(
+            "dzone_serve_event_deliveries_total", "Event frames delivered to viewers", registry=r
+        )
+        self.notifications = Counter(
+            "dzone_serve_notifications_total", "Change-feed notifications", registry=r
+        )
+        self.bad_notifications = Counter(
+            "dzone_serve_bad_notifications_total", "Undecodable notifications", registry=r
+        )
+        self.listener_reconnects = Counter(
+            "dzone_serve_listener_reconnects_total", "LISTEN reconnects", registry=r
+        )
+        self.listener_connected = Gauge(
+            "dzone_serve_listener_connected", "1 while LISTEN is connected", registry=r
+        )
+        self.probe_seconds = Gauge("dzone_serve_listener_probe_seconds", "Last probe round trip", registry=r)
+        self.slow_viewers_dropped = Counter(
+            "dzone_serve_slow_viewers_dropped_total", "Viewers dropped", registry=r
+        )
+        self.refused = Counter("dzone_serve_upgrades_refused_total", "Upgrades refused by limits", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

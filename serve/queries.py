@@ -1,0 +1,28 @@
+"""Every SQL statement the serve runs, in one place (the serve only reads; writers own the tables)."""
+
+from __future__ import annotations
+
+# The servers a viewer may join, in the stable order of the server-list. "First enabled server" (the
+# default when none is marked) is the first row of this order.
+SERVERS = """
+SELECT server_id, name, alias, passworded, is_default, hide_offline, relay_messages, oauth_client_id
+FROM discord_servers
+WHERE enabled AND departed_at IS NULL
+ORDER BY is_default DESC, created_at NULLS LAST, server_id
+"""
+
+# One server's members, all of them (offline ones too: they are needed for diffs and membership);
+# hide_offline and the snapshot cap are applied in memory.
+MEMBERS = """
+SELECT user_id, username, status, role_color, last_seen
+FROM discord_users
+WHERE server_id = $1
+"""
+
+# Membership check of a Discord-verified user id (ignores hide_offline on purpose).
+IS_MEMBER = """
+SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1 AND user_id = $2)
+"""
+
+# Liveness probe of the LISTEN connection.
+PROBE = "SELECT 1"
