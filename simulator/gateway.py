@@ -237,6 +237,7 @@ class GatewayHub:
             "connections_total": 0,
         }
         self.connections_by_path: dict[str, int] = {}
+        self.dispatched_by_event: dict[str, int] = {}  # fan-out dispatches (guild events), per event name
 
     # -- fan-out -----------------------------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class GatewayHub:
             alt = variant(session) if variant is not None else None
             session.dispatch(name, data if alt is None else orjson.dumps(alt))
             self.counters["dispatch"] += 1
+            self.dispatched_by_event[event] = self.dispatched_by_event.get(event, 0) + 1
 
     def listening(self, guild_id: int, intent: int) -> bool:
         """Whether any session would receive this guild's events of that intent (skip encoding if not)."""
@@ -328,6 +330,7 @@ class GatewayHub:
             **self.counters,
             "connections": len(self.connections),
             "connections_by_path": dict(self.connections_by_path),
+            "dispatched_by_event": dict(self.dispatched_by_event),
             "sessions": len(self.sessions),
             "queued_frames": sum(len(c.queue) for c in self.connections),
         }
