@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` runs the product, `make test` runs the tests.
 # Both create the virtualenv on first use; nothing else needs installing by hand.
 VENV ?= .venv
+# Extra options for `dzone demo`, e.g. make demo DEMO_ARGS="--port 3001 --guilds 5"
+DEMO_ARGS ?=
 PYTHON ?= python3
 
 .PHONY: demo test lint
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/dzone demo
+	$(VENV)/bin/dzone demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest
