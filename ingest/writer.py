@@ -38,6 +38,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    # The protocol state is broken (seen when the server shuts down under a live connection): a new
+    # connection fixes it, so it is handled like a lost connection.
+    asyncpg.InternalClientError,
 )
 
 
@@ -142,6 +145,7 @@ class Writer:
         self._stats_task: asyncio.Task[None] | None = None
         self._committed = asyncio.Condition()
         self._flushing = False  # a batch is taken but not yet committed
+        self._closed = False  # the task has ended: later work cannot be written
 
     # --- called by handlers: no I/O, O(1) ---------------------------------------------------------
     def put(self, row: MemberRow) -> None:
@@ -170,6 +174,9 @@ class Writer:
 
     def sync_guild(self, server_id: str) -> None:
         """Re-read the whole guild from the source at the next flush (upsert all, delete the departed)."""
+        if self._closed:
+            log.info("writer_closed_ignoring", work="sync", server_id=server_id)
+            return
         self._ops[server_id] = _Op("sync")
         self._wake.set()
 
@@ -190,6 +197,9 @@ class Writer:
 
     def reconcile(self, present_server_ids: Iterable[str]) -> None:
         """After startup: servers of our shards the database lists but the gateway does not are departed."""
+        if self._closed:
+            log.info("writer_closed_ignoring", work="reconcile")
+            return
         self._reconcile = set(present_server_ids)
         self._wake.set()
 
@@ -236,6 +246,7 @@ class Writer:
         self._wake.set()
         self._full.set()
         flushed = True
+        pending_at_close = not self.idle()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
@@ -256,7 +267,16 @@ class Writer:
         if self._conn is not None:
             await self._conn.close(timeout=2)
             self._conn = None
-        return flushed and self.idle()
+        self._closed = True
+        if not self.idle():  # arrived after the flush (discord.py tasks still winding down)
+            log.warning(
+                "writer_closed_with_late_work",
+                pending_rows=self._n_pending,
+                guild_ops=len(self._ops),
+                messages=len(self._messages),
+                pending_at_close=pending_at_close,
+            )
+        return flushed
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until everything handed to the writer so far is committed (tests, shutdown)."""
@@ -268,6 +288,7 @@ class Writer:
         while True:
             if self.idle():
                 if self._stopping:
+                    self._closed = True
                     return
                 self._wake.clear()
                 await self._wake.wait()

@@ -43,7 +43,9 @@ class FeedRecorder:
 
     async def start(self, url: str) -> FeedRecorder:
         self.conn = await asyncpg.connect(url, timeout=10)
-        await self.conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: self.events.append(decode(payload)))
+        await self.conn.add_listener(
+            CHANNEL, lambda _c, _p, _ch, payload: self.events.append(decode(payload))
+        )
         return self
 
     async def stop(self) -> None:
@@ -71,3 +73,39 @@ def make_rows(server_id: str, count: int, status: str = "online", start: int = 1
         MemberRow(server_id, str(start + i), f"user {i}", status, "#99aab5" if i % 3 else "#ff0000")
         for i in range(count)
     ]
+
+
+def truth_rows(state: dict, include_bots: bool = False) -> dict[str, dict[str, tuple[str, str, str]]]:
+    """The simulator's truth in the shape of :func:`db_view`."""
+    return {
+        guild["id"]: {
+            m["user_id"]: (m["display_name"][:100], m["status"], m["role_color"])
+            for m in guild["members"]
+            if include_bots or not m["bot"]
+        }
+        for guild in state["guilds"]
+    }
+
+
+async def db_view(conn: asyncpg.Connection) -> dict[str, dict[str, tuple[str, str, str]]]:
+    """Every server present (not departed) with its users, as server_id -> user_id -> values."""
+    view: dict[str, dict[str, tuple[str, str, str]]] = {
+        r["server_id"]: {}
+        for r in await conn.fetch("SELECT server_id FROM discord_servers WHERE departed_at IS NULL")
+    }
+    for r in await conn.fetch("SELECT server_id, user_id, username, status, role_color FROM discord_users"):
+        view.setdefault(r["server_id"], {})[r["user_id"]] = (r["username"], r["status"], r["role_color"])
+    return view
+
+
+def differences(truth: dict, seen: dict, limit: int = 5) -> list[str]:
+    out = []
+    for sid in sorted(set(truth) | set(seen)):
+        t, s = truth.get(sid), seen.get(sid)
+        if t is None or s is None:
+            out.append(f"server {sid} only in {'truth' if s is None else 'db'}")
+            continue
+        for uid in sorted(set(t) | set(s)):
+            if t.get(uid) != s.get(uid):
+                out.append(f"{sid}/{uid}: truth={t.get(uid)} db={s.get(uid)}")
+    return out[:limit]

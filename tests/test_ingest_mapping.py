@@ -15,7 +15,12 @@ from ingest.mapping import (
 
 
 def test_status_names() -> None:
-    assert [status_name(s) for s in ("online", "idle", "dnd", "offline")] == ["online", "idle", "dnd", "offline"]
+    assert [status_name(s) for s in ("online", "idle", "dnd", "offline")] == [
+        "online",
+        "idle",
+        "dnd",
+        "offline",
+    ]
     assert status_name("invisible") == "offline"
     assert status_name("something-new") == "offline"
 

@@ -186,7 +186,9 @@ async def test_depart_and_reconcile_touch_only_owned_guilds(
         writer.depart_guild(G1)
         writer.put(make_rows(G1, 1, status="dnd")[0])  # after the departure: a new row for the guild...
         await writer.wait_idle()
-        departed = await conn.fetchrow("SELECT departed_at, alias FROM discord_servers WHERE server_id = $1", G1)
+        departed = await conn.fetchrow(
+            "SELECT departed_at, alias FROM discord_servers WHERE server_id = $1", G1
+        )
         assert departed["departed_at"] is not None
         assert len(await table_rows(conn, G1)) == 1  # ...which is written (live events are newer)
         # Startup after G2 vanished while we were away: only G2 (ours) is departed, '444' is left alone.
@@ -198,7 +200,9 @@ async def test_depart_and_reconcile_touch_only_owned_guilds(
         # The bot comes back: the sync clears departed_at and rewrites the members.
         writer.sync_guild(G2)
         await writer.wait_idle()
-        assert not await conn.fetchval("SELECT departed_at IS NOT NULL FROM discord_servers WHERE server_id = $1", G2)
+        assert not await conn.fetchval(
+            "SELECT departed_at IS NOT NULL FROM discord_servers WHERE server_id = $1", G2
+        )
         assert len(await table_rows(conn, G2)) == 4
     finally:
         await writer.close()
