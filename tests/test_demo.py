@@ -20,9 +20,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 import websockets
@@ -94,12 +96,11 @@ def _demo_command(port: int) -> list[str]:
     return [str(Path(sys.executable).parent / "dzone"), "demo", *args.split()]
 
 
-@pytest.fixture
-def demo() -> Iterator[DemoRun]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DISCORD_BOT_TOKEN")}
-    env["DZONE_LOG_LEVEL"] = "info"
+@contextmanager
+def running_demo(command: list[str], env: dict[str, str]) -> Iterator[DemoRun]:
+    """Start the demo in its own process group, like a terminal job; Ctrl-C it on the way out."""
     process = subprocess.Popen(
-        _demo_command(_free_port()),
+        command,
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -120,6 +121,19 @@ def demo() -> Iterator[DemoRun]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without the two variables that change what the demo does."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DISCORD_BOT_TOKEN")}
+    env["DZONE_LOG_LEVEL"] = "info"
+    return env
+
+
+@pytest.fixture
+def demo() -> Iterator[DemoRun]:
+    with running_demo(_demo_command(_free_port()), _clean_env()) as run:
+        yield run
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -182,6 +196,13 @@ def test_make_demo_runs_everything_and_cleans_up(demo: DemoRun) -> None:
             wait_until(driver, lambda d: len(members_shown(d)) > 0, "members in the live view", 30)
             count = driver.find_element("id", "member-count").text
             assert int(count) > 0
+            # simulated chat reaches the page through ingest, NOTIFY and serve
+            wait_until(
+                driver,
+                lambda d: d.find_elements("css selector", "#chat-log li[data-uid]"),
+                "a chat line from the simulator",
+                45,
+            )
             save_screenshot(driver, "demo-live-view.png")
 
     # Ctrl-C: every child stops, the temporary database and logs are removed
@@ -207,3 +228,37 @@ def _browser_available() -> bool:
     """In CI the browser must be there (chromium() fails otherwise); elsewhere it is optional."""
     found = shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
     return bool(os.environ.get("CI")) or found
+
+
+async def test_demo_uses_database_url_and_the_discord_of_the_environment(database_url: str) -> None:
+    """DATABASE_URL set: that database, kept afterwards. DISCORD_BOT_TOKEN set: no simulator of its own;
+    the ingest talks to the Discord the environment names (here a simulator standing in for Discord)."""
+    from simulator.config import SimConfig
+    from simulator.server import Simulator
+    from simulator.testing import SIM_TOKEN
+
+    async with Simulator(SimConfig(guilds=2, members=20, seed=3, bot_token=SIM_TOKEN)) as discord:
+        env = {
+            **_clean_env(),
+            "DATABASE_URL": database_url,
+            "DISCORD_BOT_TOKEN": SIM_TOKEN,
+            "DZONE_DISCORD_API_BASE": discord.api_base,
+            "DZONE_DISCORD_GATEWAY_URL": discord.gateway_url,
+        }
+        command = [str(Path(sys.executable).parent / "dzone"), "demo", "--port", str(_free_port())]
+        with running_demo(command, env) as run:
+            await asyncio.to_thread(run.wait_for_line, r"Open http://", STARTUP_TIMEOUT_S)
+            assert "simulated Discord" not in run.output
+            assert "real Discord" in run.output
+            assert "PostgreSQL: using DATABASE_URL" in run.output
+            processes = (await asyncio.to_thread(run.wait_for_line, r"Processes: (.*)", 1)).group(1)
+            assert [name for name, _ in re.findall(r"(\w+) (\d+)", processes)] == ["ingest", "serve"]
+            os.killpg(run.process.pid, signal.SIGINT)
+            await asyncio.to_thread(run.wait_closed, 60)
+        names = sorted(g.name for g in discord.world.guilds.values())
+    conn = await asyncpg.connect(database_url)
+    try:  # the operator's database keeps what the demo wrote
+        stored = sorted(r["name"] for r in await conn.fetch("SELECT name FROM discord_servers"))
+    finally:
+        await conn.close()
+    assert stored == names
