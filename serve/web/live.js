@@ -120,6 +120,8 @@
     world.actors.clear();
     els.chat.replaceChildren();
     const users = data.users && typeof data.users === "object" ? Object.values(data.users) : [];
+    const nameOf = (user) => String((user && (user.username ?? user.user?.username)) || "");
+    users.sort((a, b) => byName(nameOf(a), nameOf(b)));
     world.size = Math.max(12, Math.ceil(Math.sqrt(users.length) * 1.7));
     for (const user of users) {
       const uid = user && (user.uid ?? user.user?.id);
@@ -220,9 +222,15 @@
       pulse: arriving ? 1 : 0, bubbles: [], bubble: null, phase: Math.random() * Math.PI * 2,
     };
     item.dataset.status = actor.status;
-    els.members.append(item);
+    // the snapshot arrives sorted; a newcomer is slotted in by name
+    const next = arriving ? [...els.members.children].find((li) => byName(li.textContent, name) > 0) : null;
+    els.members.insertBefore(item, next ?? null);
     world.actors.set(uid, actor);
     return actor;
+  }
+
+  function byName(a, b) {
+    return a.localeCompare(b, undefined, { sensitivity: "base" });
   }
 
   function removeActor(actor) {
@@ -268,7 +276,7 @@
 
   function layout() {
     // The yard is a diamond `size` tiles wide; fit it with a margin.
-    view.tile = Math.max(8, Math.min(56, (view.width * 0.92) / world.size, (view.height * 0.85 * 2) / world.size));
+    view.tile = Math.max(8, Math.min(72, (view.width * 0.92) / world.size, (view.height * 0.85 * 2) / world.size));
     view.originX = view.width / 2;
     view.originY = (view.height - (world.size * view.tile) / 2) / 2 + 20;
   }
