@@ -28,6 +28,7 @@ from types import FrameType
 
 import asyncpg
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import migrate, redacted
 from shared.localdb import LocalDBError, LocalPostgres
@@ -347,7 +348,10 @@ def run(
         progress.begin(f"PostgreSQL: using DATABASE_URL {redacted(database_url)}")
         progress.done()
     progress.begin("schema: migrating")
-    migrate(database_url)
+    try:
+        migrate(database_url)
+    except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
+        raise DemoError(f"cannot migrate the database at {redacted(database_url)}: {exc}") from None
     progress.done()
 
     env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": log_level}

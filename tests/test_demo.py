@@ -262,3 +262,36 @@ async def test_demo_uses_database_url_and_the_discord_of_the_environment(databas
     finally:
         await conn.close()
     assert stored == names
+
+
+def _demo_fails(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dzone"), "demo", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout + result.stderr
+
+
+def test_demo_explains_an_unreachable_database() -> None:
+    # port 1 on loopback: nothing listens, so the connection is refused at once
+    env = {**_clean_env(), "DATABASE_URL": "postgresql://u:secret@127.0.0.1:1/x"}
+    output = _demo_fails(["--port", str(_free_port())], env)
+    assert "cannot migrate the database at postgresql://u:***@127.0.0.1:1/x" in output
+    assert "secret" not in output
+    assert "temporary files removed" in output
+
+
+def test_demo_refuses_a_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        output = _demo_fails(["--port", str(port)], _clean_env())
+    assert f"port {port} on 127.0.0.1 is in use" in output
