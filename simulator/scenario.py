@@ -6,6 +6,7 @@ when the next batch is due. The status mix follows real servers: most members of
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -175,13 +176,19 @@ class Traffic:
         self.rng = random.Random(config.seed * 7919 + 1)
         self.builder = builder
         self._keys: dict[int, tuple[int, list[int]]] = {}
+        self._weights: tuple[list[Guild], list[int]] | None = None
 
     def _pick_guild(self) -> Guild | None:
-        guilds = list(self.world.guilds.values())
+        """A guild, weighted by member count (weights cached per tick, see :meth:`tick`)."""
+        if self._weights is None:
+            guilds = list(self.world.guilds.values())
+            self._weights = (guilds, list(itertools.accumulate(len(g.members) for g in guilds)))
+        guilds, cumulative = self._weights
         if not guilds:
             return None
-        weights = [len(g.members) for g in guilds]
-        return self.rng.choices(guilds, weights=weights)[0]
+        if len(guilds) == 1:
+            return guilds[0]
+        return self.rng.choices(guilds, cum_weights=cumulative)[0]
 
     def _pick_member(self, guild: Guild, *, humans_only: bool = False) -> Member | None:
         """A random member other than the simulator's bot (None when the guild has no one else)."""
@@ -259,6 +266,7 @@ class Traffic:
     def tick(self, seconds: float) -> list[Change]:
         """The changes due in the next ``seconds`` of simulated time."""
         cfg = self.config
+        self._weights = None  # guild sizes may have changed since the last tick
         changes: list[Change] = []
         changes.extend(self.presence_changes(poisson(self.rng, cfg.presence_rate * seconds)))
         changes.extend(self.messages(poisson(self.rng, cfg.message_rate * seconds)))

@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 TICK_S = 0.01  # scenario granularity; rates are kept by drawing Poisson counts for the elapsed time
 MAX_TICK_S = 0.25  # after a stall, do not burst more than this much simulated time at once
+MAX_CHANGES_PER_TICK = 2_000  # keeps the loop responsive and backpressure effective at extreme rates
 HOUSEKEEPING_S = 5.0
 
 
@@ -166,6 +167,10 @@ class Simulator:
             await self.hub.wait_writable()
             now = loop.time()
             elapsed, last = min(now - last, MAX_TICK_S), now
+            cfg = self.config
+            total_rate = cfg.presence_rate + cfg.message_rate + cfg.churn
+            # beyond what one tick may carry, the configured rate is not reached: the clients set the pace
+            elapsed = min(elapsed, MAX_CHANGES_PER_TICK / total_rate)
             for change in self.traffic.tick(elapsed):
                 if not self._running.is_set():
                     break
