@@ -114,12 +114,15 @@ class WorldBuilder:
             guild.channels[channel.id] = channel
 
         world.join(guild, Member(world.bot_user, None, [bot_role.id], snowflake_time_iso(self.ids.next())))
-        others = list(world.users.values())
+        # members of earlier guilds who may also join this one (a bounded pool keeps building O(size))
+        earlier = [u for u in list(world.users.values())[-2000:] if u.id != world.bot_user.id]
         for _ in range(size - 1):
-            reusable = [u for u in others[-200:] if u.id not in guild.members and u.id != world.bot_user.id]
-            if reusable and rng.random() < SHARED_USER_SHARE:
-                user = rng.choice(reusable)
-            else:
+            user = None
+            if earlier and rng.random() < SHARED_USER_SHARE:
+                candidate = rng.choice(earlier)
+                if candidate.id not in guild.members:
+                    user = candidate
+            if user is None:
                 user = self.new_user(bot=rng.random() < BOT_SHARE)
             world.join(guild, self.new_member(guild, user))
         humans = [m.user.id for m in guild.members.values() if not m.user.bot]
