@@ -165,6 +165,7 @@ def machine(dback_python: Path, pg: LocalPostgres) -> dict[str, Any]:
         "dback_python": dback_py,
         "dback_websockets": dback_ws,
         "commit": _output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -278,13 +279,14 @@ class Viewers:
     async def all(self, *command: Any, timeout: float = 300.0) -> list[Any]:
         return await asyncio.gather(*(self._call(p, command, timeout) for p in self.pipes))
 
-    async def join(self, port: int, server: str, count: int) -> dict[str, Any]:
+    async def join(self, runner: Runner, server: str, count: int) -> dict[str, Any]:
         """``count`` viewers join ``server`` across the processes; joins/s and latency percentiles."""
         share = [count // len(self.pipes) + (i < count % len(self.pipes)) for i in range(len(self.pipes))]
         gate = max(1, JOIN_CONCURRENCY // len(self.pipes))
+        cpu = runner.cpu_s
         replies = await asyncio.gather(
             *(
-                self._call(p, ("join", "127.0.0.1", port, server, n, gate, 60.0), 120.0)
+                self._call(p, ("join", "127.0.0.1", runner.port, server, n, gate, 60.0), 120.0)
                 for p, n in zip(self.pipes, share, strict=True)
             )
         )
@@ -293,7 +295,13 @@ class Viewers:
             raise BenchError(f"{failed} of {count} viewers failed to join {server}: {replies[0]['errors']}")
         times = [t for r in replies for t in r["times"]]
         wall = max(j for _, j in times) - min(s for s, _ in times)
-        return {"viewers": count, "joins_per_s": count / wall, **percentiles([j - s for s, j in times])}
+        cpu = runner.cpu_s - cpu
+        return {
+            "viewers": count,
+            "joins_per_s": count / wall,
+            "joins_per_cpu_s": count / cpu if cpu > 0 else float("nan"),
+            **percentiles([j - s for s, j in times]),
+        }
 
     async def close(self, runner: Runner) -> None:
         await self.all("close")
@@ -368,6 +376,13 @@ class Runner:
         return "(no log)"
 
     @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used: a rate per CPU-second survives a busy machine."""
+        assert self.process is not None
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    @property
     def rss(self) -> int:
         assert self.process is not None
         return int(psutil.Process(self.process.pid).memory_info().rss)
@@ -419,15 +434,23 @@ async def db_inject(url: str) -> tuple[Inject, Callable[[], Awaitable[None]]]:
 
 
 async def fanout_once(
-    viewers: Viewers, inject: Inject, key: str, events: list[list[str]], rate: float | None, count: int
+    runner: Runner,
+    viewers: Viewers,
+    inject: Inject,
+    key: str,
+    events: list[list[str]],
+    rate: float | None,
+    count: int,
 ) -> dict[str, Any]:
     """One fan-out run to ``count`` joined viewers: deliveries/s and per-delivery latency."""
     await viewers.all("arm", len(events))
+    cpu = runner.cpu_s
     times = await inject(key, events, rate)
     injected: dict[str, list[float]] = {}
     for (uid, *_), at in zip(events, times, strict=True):
         injected.setdefault(uid, []).append(at)
     replies = await viewers.all("collect", injected, 120.0)
+    cpu = runner.cpu_s - cpu
     received = sum(r["received"] for r in replies)
     expected = count * len(events)
     if received != expected or any(r["incomplete"] for r in replies):
@@ -439,11 +462,13 @@ async def fanout_once(
     return {
         "deliveries": received,
         "deliveries_per_s": received / (last - times[0]),
+        "deliveries_per_cpu_s": received / cpu if cpu > 0 else float("nan"),
         **percentiles(latencies),
     }
 
 
 async def fanout(
+    runner: Runner,
     viewers: Viewers,
     inject: Inject,
     statuses: Statuses,
@@ -455,18 +480,25 @@ async def fanout(
 ) -> dict[str, Any]:
     """Best of ``plan.repeats`` bursts for throughput; one paced run for latency."""
     bursts = [
-        await fanout_once(viewers, inject, key, statuses.events(key, burst, via_db), None, count)
+        await fanout_once(runner, viewers, inject, key, statuses.events(key, burst, via_db), None, count)
         for _ in range(plan.repeats)
     ]
     best = max(bursts, key=lambda b: b["deliveries_per_s"])
     rate = PACED_DELIVERIES_PER_S / count
     paced = await fanout_once(
-        viewers, inject, key, statuses.events(key, max(2, int(rate * plan.paced_s)), via_db), rate, count
+        runner,
+        viewers,
+        inject,
+        key,
+        statuses.events(key, max(2, int(rate * plan.paced_s)), via_db),
+        rate,
+        count,
     )
     return {
         "viewers": count,
         "events": burst,
         "deliveries_per_s": best["deliveries_per_s"],
+        "deliveries_per_cpu_s": best["deliveries_per_cpu_s"],
         "burst_runs": [round(b["deliveries_per_s"]) for b in bursts],
         "burst_p50_ms": best["p50_ms"],
         "burst_p99_ms": best["p99_ms"],
@@ -490,20 +522,22 @@ async def measure(
         if db_url:
             paths["db"], db_close = await db_inject(db_url)
         await runner.start()
-        await viewers.join(runner.port, SMALL, 20)  # warm-up: imports, caches, first allocations
+        await viewers.join(runner, SMALL, 20)  # warm-up: imports, caches, first allocations
         await viewers.close(runner)
 
         before = runner.rss
-        joined = await viewers.join(runner.port, LARGE, plan.memory_viewers)
+        joined = await viewers.join(runner, LARGE, plan.memory_viewers)
         await asyncio.sleep(1.0)  # let the server finish per-connection setup before reading RSS
         result["memory_per_connection_kib"] = (runner.rss - before) / plan.memory_viewers / 1024
         print(f"  {runner.name}: memory {result['memory_per_connection_kib']:.1f} KiB/conn", flush=True)
 
         for count, burst in sorted(plan.fanout, reverse=True):
             await viewers.close(runner)
-            await viewers.join(runner.port, LARGE, count)
+            await viewers.join(runner, LARGE, count)
             for path, inject in paths.items():
-                figures = await fanout(viewers, inject, statuses, large, count, burst, plan, path == "db")
+                figures = await fanout(
+                    runner, viewers, inject, statuses, large, count, burst, plan, path == "db"
+                )
                 result["fanout"][f"{path}/{count}"] = figures
                 print(
                     f"  {runner.name} fan-out {path} x{count}: {figures['deliveries_per_s']:,.0f}/s "
@@ -517,7 +551,7 @@ async def measure(
                 # The memory run above already measured LARGE at memory_viewers.
                 runs = [joined] if server == LARGE and size == plan.memory_viewers else []
                 while len(runs) < plan.repeats:
-                    runs.append(await viewers.join(runner.port, server, size))
+                    runs.append(await viewers.join(runner, server, size))
                     await viewers.close(runner)
                 best = max(runs, key=lambda r: r["joins_per_s"])
                 best["runs"] = [round(r["joins_per_s"]) for r in runs]
@@ -544,11 +578,16 @@ def ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> s
 def _joins_cell(run: dict[str, Any] | None) -> str:
     if run is None:
         return "-"
-    return f"{run['joins_per_s']:,.0f}/s (p50 {run['p50_ms']:.1f}, p99 {run['p99_ms']:.1f} ms)"
+    return (
+        f"{run['joins_per_s']:,.0f}/s (p50 {run['p50_ms']:.1f}, p99 {run['p99_ms']:.1f} ms; "
+        f"{run['joins_per_cpu_s']:,.0f} per CPU-s)"
+    )
 
 
 def _rate_cell(run: dict[str, Any] | None) -> str:
-    return f"{run['deliveries_per_s']:,.0f}/s" if run else "-"
+    if run is None:
+        return "-"
+    return f"{run['deliveries_per_s']:,.0f}/s ({run['deliveries_per_cpu_s']:,.0f} per CPU-s)"
 
 
 def _latency_cell(run: dict[str, Any] | None) -> str:
@@ -612,7 +651,9 @@ def write_results(results: dict[str, Any], text: str, quick: bool) -> Path:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}.\n"
         f"dzone-pg {m['commit']}: Python {m['python']}, websockets {m['websockets']}, {m['postgres']}.\n"
         f"d-back {m['dback']}: Python {m['dback_python']}, websockets {m['dback_websockets']}.\n"
-        f"Command: `{results['command']}` ({results['elapsed_s']:.0f} s).\n\n"
+        f"Command: `{results['command']}` ({results['elapsed_s']:.0f} s). Load average (1/5/15 min) at start "
+        f"{m['load_average_at_start']}, at end {m['load_average_at_end']}: other work on the machine lowers the "
+        "per-second figures; the per-CPU-second figures (server process CPU only) are less sensitive to it.\n\n"
         "Ratios: > 1 means dzone-pg is better (more per second, or less latency / memory).\n\n"
     )
     method = (__doc__ or "").split("Method:", 1)[-1].split("Prints one table")[0]
@@ -654,6 +695,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             results["ours"] = await measure(runner, world, plan, args.workers, pg.url)
     results["elapsed_s"] = time.monotonic() - started
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = table(results, world)
     print("\n" + text)
     if not args.no_write:
