@@ -614,7 +614,8 @@ def table(results: dict[str, Any], world: World) -> str:
             a, b = join(dback, server, n), join(ours, server, n)
             rows.append(
                 f"| joins, {n:,} clients, `{server}` ({sizes[server]} members) | {_joins_cell(a)} "
-                f"| {_joins_cell(b)} | {ratio(_get(b, 'joins_per_s'), _get(a, 'joins_per_s'), True)} |"
+                f"| {_joins_cell(b)} | {ratio(_get(b, 'joins_per_s'), _get(a, 'joins_per_s'), True)}; per CPU-s "
+                f"{ratio(_get(b, 'joins_per_cpu_s'), _get(a, 'joins_per_cpu_s'), True)} |"
             )
     counts = sorted({int(k.split("/")[1]) for r in (dback, ours) if r for k in r["fanout"]})
     for n in counts:
@@ -624,7 +625,8 @@ def table(results: dict[str, Any], world: World) -> str:
             rows.append(
                 f"| fan-out, {n:,} viewers, deliveries/s (ours {label}) | {_rate_cell(theirs)} "
                 f"| {_rate_cell(mine)} "
-                f"| {ratio(_get(mine, 'deliveries_per_s'), _get(theirs, 'deliveries_per_s'), True)} |"
+                f"| {ratio(_get(mine, 'deliveries_per_s'), _get(theirs, 'deliveries_per_s'), True)}; per CPU-s "
+                f"{ratio(_get(mine, 'deliveries_per_cpu_s'), _get(theirs, 'deliveries_per_cpu_s'), True)} |"
             )
             rows.append(
                 f"| fan-out, {n:,} viewers, latency p50 / p99 at {PACED_DELIVERIES_PER_S:,} deliveries/s "
