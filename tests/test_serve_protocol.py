@@ -10,6 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.test_serve_support import Viewer, add_server, add_users, db_world, running
+from tests.waiting import wait_for
 
 A, B, C = "100000000000000001", "100000000000000002", "100000000000000003"
 ALICE, BOB, CAROL = "200000000000000001", "200000000000000002", "200000000000000003"
@@ -371,11 +372,9 @@ async def test_messages_are_capped_relayed_and_only_for_known_members(database_u
         }
         # operator turns relay off: takes effect at once
         await conn.execute("UPDATE discord_servers SET relay_messages = false WHERE server_id = $1", A)
-        await asyncio.sleep(0)  # not synchronisation: the check below proves the order via a later presence
-        for _ in range(50):
-            if server._hub is not None and not server._hub.directory.by_key[A].relay_messages:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        hub = server._hub
+        assert hub is not None
+        await wait_for(lambda: not hub.directory.by_key[A].relay_messages, message="relay off applied")  # type: ignore[union-attr]
         await conn.execute("SELECT dzone_notify_message($1, $2, '42', '43', 'hidden')", A, ALICE)
         await conn.execute(
             "UPDATE discord_users SET status = 'idle' WHERE server_id = $1 AND user_id = $2", A, ALICE
@@ -400,8 +399,6 @@ async def test_server_changes_reach_new_sockets_and_viewers(database_url, conn):
         async def listed() -> bool:
             async with Viewer.open(server) as w:
                 return "100000000000000009" in (await w.expect("server-list"))["data"]
-
-        from tests.waiting import wait_for
 
         await wait_for(listed, message="new server listed")
 

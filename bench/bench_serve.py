@@ -1,0 +1,465 @@
+"""Benchmarks of ``dzone serve`` (they print figures; they are not tests).
+
+    .venv/bin/python bench/bench_serve.py fanout [--viewers 1000 5000] [--rate 50] [--seconds 10]
+    .venv/bin/python bench/bench_serve.py join [--sizes 10 1000 10000]
+    .venv/bin/python bench/bench_serve.py memory [--viewers 5000]
+
+Each run starts an embedded PostgreSQL (or uses DATABASE_URL's server to create a scratch database),
+runs the serve in its own process (its own core) and the viewers in this one, as raw WebSocket clients
+that parse frame headers only (a full client per viewer would measure the client, not the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import multiprocessing as mp
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+
+SERVER_KEY = "100000000000000001"
+FANOUT_MEMBERS = 50
+# Every fan-out event has this shape and size (fixed-width ids and names, status stays "online"),
+# which lets most viewers count bytes instead of parsing frames.
+SAMPLE_FRAME = orjson.dumps(
+    {
+        "type": "presence",
+        "server": SERVER_KEY,
+        "data": {"uid": f"2{0:017d}", "status": "online", "username": "s000000000", "roleColor": "#336699"},
+    }
+)
+FRAME_LEN = len(SAMPLE_FRAME) + (2 if len(SAMPLE_FRAME) < 126 else 4)
+
+
+def raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------- the server process
+
+
+def server_process(url: str, pipe: Any, overrides: dict[str, Any]) -> None:
+    """Run the serve; answer commands on ``pipe``: ("ceiling", frames) -> elapsed s, ("stop",)."""
+    raise_fd_limit()
+    from websockets.asyncio.server import broadcast
+
+    from serve import WebSocketServer
+    from shared.settings import ServeSettings
+
+    async def main() -> None:
+        values: dict[str, Any] = {
+            "database_url": url,
+            "host": "127.0.0.1",
+            "port": 0,
+            "max_connections": 100_000,
+            "max_connections_per_ip": 100_000,
+            "connects_per_minute": 1_000_000,
+            "ping_interval_s": 600,
+            "ping_timeout_s": 600,
+            "snapshot_max_users": 20_000,
+            "write_buffer_bytes": 4 * 1024 * 1024,
+            "log_level": "warning",
+        }
+        values.update(overrides)
+        server = WebSocketServer(port=0, host="127.0.0.1", settings=ServeSettings(**values))
+        await server.open()
+        pipe.send(("port", server.port, os.getpid()))
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command[0] == "stop":
+                break
+            if command[0] == "ceiling":
+                frames: list[bytes] = command[1]
+                viewers = list(server._hub.viewers_of(SERVER_KEY))  # type: ignore[union-attr]
+                started = time.perf_counter()
+                for frame in frames:
+                    broadcast(viewers, frame, text=True)
+                    await asyncio.sleep(0)  # let the transports flush, as between notifications
+                pipe.send(("ceiling", time.perf_counter() - started, len(viewers)))
+        await server.close()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def serve_process(url: str, **overrides: Any) -> Iterator[tuple[int, int, Any]]:
+    parent, child = mp.Pipe()
+    proc = mp.get_context("spawn").Process(target=server_process, args=(url, child, overrides), daemon=True)
+    proc.start()
+    _tag, port, pid = parent.recv()
+    try:
+        yield port, pid, parent
+    finally:
+        parent.send(("stop",))
+        proc.join(20)
+        if proc.is_alive():
+            proc.kill()
+
+
+# ---------------------------------------------------------------- raw viewers
+
+
+class RawViewer(asyncio.Protocol):
+    """A WebSocket viewer that counts frames by their headers; ``decode`` ones also keep the payloads."""
+
+    def __init__(self, decode: bool = False) -> None:
+        self.buffer = bytearray()
+        self.handshaken = False
+        self.frames = 0
+        self.decode = decode
+        self.payloads: list[tuple[float, bytes]] = []
+        self.transport: asyncio.Transport | None = None
+        self.opened = asyncio.get_running_loop().create_future()
+        self.listed = asyncio.get_running_loop().create_future()  # the server-list arrived
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.counting = False
+        self.nbytes = 0
+        self.events = 0  # parsed event frames since the join (decoding viewers)
+
+    def delivered(self, frame_len: int) -> int:
+        return self.nbytes // frame_len if self.counting else self.events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.counting:  # after the join, a counting viewer only adds up bytes (frames have one size)
+            self.nbytes += len(data)
+            return
+        self.buffer += data
+        if not self.handshaken:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del self.buffer[: end + 4]
+            self.handshaken = True
+            self.opened.set_result(None)
+        buf = self.buffer
+        pos = 0
+        now = time.perf_counter()
+        while len(buf) - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if len(buf) - pos < head + length:
+                break
+            self.frames += 1
+            if not self.listed.done():
+                self.listed.set_result(None)
+                pos += head + length
+                continue
+            if self.decode or self.waiter is not None:
+                payload = bytes(buf[pos + head : pos + head + length])
+                if self.waiter is not None and not self.waiter.done():
+                    self.waiter.set_result(payload)
+                elif self.decode:
+                    self.payloads.append((now, payload))
+                    self.events += 1
+            pos += head + length
+        del buf[:pos]
+
+    def send_text(self, text: bytes) -> None:
+        assert self.transport is not None
+        mask = b"\x00\x00\x00\x00"
+        n = len(text)
+        header = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        self.transport.write(header + mask + text)
+
+    async def request(self, text: bytes) -> bytes:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.send_text(text)
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+
+def _factory(decode: bool) -> Callable[[], RawViewer]:
+    def make() -> RawViewer:
+        return RawViewer(decode=decode)
+
+    return make
+
+
+CONNECT = b'{"type":"connect","data":{"server":"' + SERVER_KEY.encode() + b'"}}'
+
+
+async def open_viewers(
+    port: int, count: int, decode: int = 0, batch: int = 200, *, counting: bool = False
+) -> list[RawViewer]:
+    loop = asyncio.get_running_loop()
+    viewers: list[RawViewer] = []
+    count_ = counting
+    for start in range(0, count, batch):
+        chunk = []
+        for i in range(start, min(count, start + batch)):
+            _t, proto = await loop.create_connection(_factory(i < decode), "127.0.0.1", port)
+            chunk.append(proto)
+        await asyncio.gather(*(v.opened for v in chunk))
+        await asyncio.gather(*(v.listed for v in chunk))
+        await asyncio.gather(*(v.request(CONNECT) for v in chunk))
+        for v in chunk:
+            v.counting = count_ and not v.decode and not v.buffer
+        viewers.extend(chunk)
+    return viewers
+
+
+# ---------------------------------------------------------------- database
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    from shared.db import migrate
+    from shared.localdb import LocalPostgres
+
+    with LocalPostgres() as local:
+        migrate(local.url)
+        yield local.url
+
+
+async def seed(url: str, members: int, server_key: str = SERVER_KEY) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO discord_servers (server_id, name, is_default, hide_offline) VALUES ($1, 'Bench', true, false)"
+            " ON CONFLICT DO NOTHING",
+            server_key,
+        )
+        await conn.execute("DELETE FROM discord_users WHERE server_id = $1", server_key)
+        await conn.copy_records_to_table(
+            "discord_users",
+            records=[(f"2{i:017d}", server_key, f"user{i:06d}", "online", "#336699") for i in range(members)],
+            columns=["user_id", "server_id", "username", "status", "role_color"],
+        )
+    finally:
+        await conn.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+# ---------------------------------------------------------------- (a) fan-out
+
+
+async def fanout_run(url: str, port: int, pipe: Any, viewers_n: int, rate: float, seconds: float) -> None:
+    probes = 20
+    viewers = await open_viewers(port, viewers_n, decode=probes, counting=True)
+    writer = await asyncpg.connect(url)
+    uids = [f"2{i:017d}" for i in range(FANOUT_MEMBERS)]
+    sent_at: dict[str, float] = {}
+
+    async def commit(seq: int) -> None:
+        # username carries the sequence number so probes can match deliveries to commits
+        name = f"s{seq:09d}"
+        sent_at[name] = time.perf_counter()
+        await writer.execute(
+            "UPDATE discord_users SET username = $3 WHERE server_id = $1 AND user_id = $2",
+            SERVER_KEY,
+            uids[seq % len(uids)],
+            name,
+        )
+
+    async def wait_delivered(total_per_viewer: int, base: list[int], timeout: float = 60) -> float:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if all(
+                v.delivered(FRAME_LEN) - b >= total_per_viewer for v, b in zip(viewers, base, strict=True)
+            ):
+                return time.perf_counter()
+            await asyncio.sleep(0.005)
+        raise TimeoutError("deliveries incomplete")
+
+    burst = max(200, int(40_000 / viewers_n * 10))
+    writers = [await asyncpg.connect(url) for _ in range(4)]
+    # 1) the ceiling: bare broadcast() of same-sized frames to the same sockets, inside the server process
+    frame = SAMPLE_FRAME
+    base = [v.delivered(FRAME_LEN) for v in viewers]
+    started = time.perf_counter()
+    pipe.send(("ceiling", [frame] * burst))
+    done = await wait_delivered(burst, base, timeout=120)
+    ceiling_rate = burst * viewers_n / (done - started)
+    _tag, server_side_s, _n = await asyncio.to_thread(pipe.recv)
+    # 2) saturation through the database: four writers as fast as they can
+    base = [v.delivered(FRAME_LEN) for v in viewers]
+    started = time.perf_counter()
+
+    async def write_many(conn: asyncpg.Connection, offset: int) -> None:
+        for seq in range(offset, burst, 4):
+            await (
+                conn.execute(  # a new name every time: every update is a real change (no-ops notify nothing)
+                    "UPDATE discord_users SET username = $3 WHERE server_id = $1 AND user_id = $2",
+                    SERVER_KEY,
+                    uids[seq % len(uids)],
+                    f"b{seq:09d}",
+                )
+            )
+
+    await asyncio.gather(*(write_many(c, i) for i, c in enumerate(writers)))
+    done = await wait_delivered(burst, base, timeout=120)
+    feed_rate = burst * viewers_n / (done - started)
+
+    # 3) steady rate (auto: a third of the measured ceiling): latency commit -> viewer
+    base = [v.delivered(FRAME_LEN) for v in viewers]
+    for v in viewers[:probes]:
+        v.payloads.clear()
+    if rate <= 0:
+        rate = max(1.0, ceiling_rate / 3 / viewers_n)
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    for seq in range(n):
+        await commit(seq)
+        delay = started + (seq + 1) / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await wait_delivered(n, base)
+    latencies = []
+    for v in viewers[:probes]:
+        for received, payload in v.payloads:
+            name = orjson.loads(payload)["data"]["username"]
+            latencies.append((received - sent_at[name]) * 1000)
+
+    for c in [writer, *writers]:
+        await c.close()
+    for v in viewers:
+        assert v.transport is not None
+        v.transport.close()
+    print(f"  (bare broadcast inside the server took {server_side_s:.2f}s for {burst} frames)")
+    print(
+        f"fanout viewers={viewers_n:5d}  steady {rate:g}/s x {seconds:g}s: latency p50={pct(latencies, 50):.1f} ms "
+        f"p99={pct(latencies, 99):.1f} ms (n={len(latencies)})  |  saturated: {feed_rate:,.0f} deliveries/s via "
+        f"PostgreSQL vs {ceiling_rate:,.0f}/s bare broadcast = {100 * feed_rate / ceiling_rate:.0f}% of ceiling"
+    )
+
+
+def fanout(args: argparse.Namespace) -> None:
+    with database() as url:
+        asyncio.run(seed(url, FANOUT_MEMBERS))
+        for n in args.viewers:
+            with serve_process(url) as (port, _pid, pipe):
+                asyncio.run(fanout_run(url, port, pipe, n, args.rate, args.seconds))
+
+
+# ---------------------------------------------------------------- (b) join
+
+
+async def join_run(port: int, size: int, clients: int, joins_each: int) -> None:
+    viewers = await open_viewers(port, clients)  # first join reads the server; the rest are measured
+    latencies: list[float] = []
+
+    async def loop_joins(v: RawViewer) -> None:
+        for _ in range(joins_each):
+            started = time.perf_counter()
+            answer = await v.request(CONNECT)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert answer.startswith(b'{"type":"server-join"'), answer[:80]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop_joins(v) for v in viewers))
+    elapsed = time.perf_counter() - started
+    # one viewer alone: latency without queueing behind the others
+    solo = []
+    for _ in range(50):
+        t = time.perf_counter()
+        await viewers[0].request(CONNECT)
+        solo.append((time.perf_counter() - t) * 1000)
+    for v in viewers:
+        assert v.transport is not None
+        v.transport.close()
+    print(
+        f"join members={size:6d}: solo p50={pct(solo, 50):.2f} ms p99={pct(solo, 99):.2f} ms  |  "
+        f"{clients} concurrent viewers: p50={pct(latencies, 50):.1f} ms p99={pct(latencies, 99):.1f} ms, "
+        f"{len(latencies) / elapsed:,.0f} joins/s"
+    )
+
+
+def join(args: argparse.Namespace) -> None:
+    with database() as url:
+        for size in args.sizes:
+            asyncio.run(seed(url, size))
+            with serve_process(url) as (port, _pid, _pipe):
+                joins_each = max(2, min(50, 200_000 // max(size, 1) // 10))
+                asyncio.run(join_run(port, size, 20, joins_each))
+
+
+# ---------------------------------------------------------------- (c) memory
+
+
+async def memory_run(port: int, pid: int, viewers_n: int) -> None:
+    import psutil
+
+    proc = psutil.Process(pid)
+    warm = await open_viewers(port, 100)
+    await asyncio.sleep(1)  # settle allocations before the baseline, not synchronisation
+    before = proc.memory_info().rss
+    viewers = await open_viewers(port, viewers_n)
+    await asyncio.sleep(2)
+    after = proc.memory_info().rss
+    per = (after - before) / viewers_n
+    for v in [*warm, *viewers]:
+        assert v.transport is not None
+        v.transport.close()
+    print(
+        f"memory: {viewers_n} idle joined viewers: RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB, "
+        f"{per / 1024:.1f} KiB per viewer"
+    )
+
+
+def memory(args: argparse.Namespace) -> None:
+    with database() as url:
+        asyncio.run(seed(url, 10))
+        with serve_process(url) as (port, pid, _pipe):
+            asyncio.run(memory_run(port, pid, args.viewers))
+
+
+def main() -> None:
+    raise_fd_limit()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fanout")
+    p.add_argument("--viewers", type=int, nargs="+", default=[1000, 5000])
+    p.add_argument("--rate", type=float, default=0.0, help="steady commits/s (0: a third of the ceiling)")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.set_defaults(run=fanout)
+    p = sub.add_parser("join")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 10_000])
+    p.set_defaults(run=join)
+    p = sub.add_parser("memory")
+    p.add_argument("--viewers", type=int, default=5000)
+    p.set_defaults(run=memory)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
