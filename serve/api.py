@@ -175,7 +175,9 @@ class WebSocketServer:
             if not s.database_url:
                 raise ServeError("DATABASE_URL is not set (and not every data callback is registered)")
             try:
-                pool = await db.create_pool(s.database_url, min_size=1, max_size=s.pool_max_size)
+                pool = await db.create_pool(
+                    s.database_url, min_size=1, max_size=s.pool_max_size, application_name="dzone-serve"
+                )
             except (OSError, TimeoutError) as exc:
                 raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
         identity = DiscordIdentity(s.discord_api_base, s.oauth_timeout_s, s.oauth_cache_s)

@@ -18,7 +18,7 @@ import structlog
 from serve import queries
 from serve.metrics import ServeMetrics
 from shared import db
-from shared.feed import CHANNEL, FeedDecodeError, FeedEvent, decode
+from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME, FeedDecodeError, FeedEvent, decode
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,9 @@ class FeedListener:
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
-                conn = await db.connect(self._url, timeout=self._probe_timeout_s + 2)
+                conn = await db.connect(
+                    self._url, timeout=self._probe_timeout_s + 2, application_name=LISTENER_APPLICATION_NAME
+                )
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(CHANNEL, self._notified)
                 self.conn = conn

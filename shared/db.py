@@ -30,17 +30,25 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
-    """A single connection, e.g. the dedicated LISTEN connection (a pool's reset would UNLISTEN)."""
-    return await asyncpg.connect(url, timeout=timeout)
+async def connect(url: str, *, timeout: float = 10.0, application_name: str = "dzone") -> asyncpg.Connection:
+    """A single connection, e.g. the dedicated LISTEN connection (a pool's reset would UNLISTEN).
+
+    ``application_name`` is what operators see in ``pg_stat_activity`` (``dzone status`` looks for it).
+    """
+    return await asyncpg.connect(url, timeout=timeout, server_settings={"application_name": application_name})
 
 
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0, application_name: str = "dzone"
 ) -> asyncpg.Pool:
     """A connection pool with a connect timeout and a per-statement timeout as defaults."""
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=60.0
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=60.0,
+        server_settings={"application_name": application_name},
     )
     assert pool is not None
     return pool

@@ -13,6 +13,9 @@ from typing import Literal
 import orjson
 
 CHANNEL = "dzone_feed"
+# The application_name of each serve's LISTEN connection: PostgreSQL does not show who listens, so
+# this is how operators (and ``dzone status``) find them in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "dzone-serve-listener"
 
 # Writers: run BULK_MODE first in a transaction to skip per-row notifications, then
 # NOTIFY_RESYNC once per server touched. NOTIFY_MESSAGE announces a chat message (never stored).

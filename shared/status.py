@@ -16,7 +16,7 @@ import asyncpg
 import click
 
 from shared.db import redacted
-from shared.feed import CHANNEL
+from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
 from shared.settings import ConfigError, DatabaseSettings, load
 
 SERVERS_SQL = """
@@ -27,7 +27,6 @@ ORDER BY is_default DESC, name, server_id
 """
 
 # The application_name a serve gives its LISTEN connection, so that operators can tell it apart.
-LISTENER_APPLICATION_NAME = "dzone-serve-listener"
 
 # PostgreSQL does not show who LISTENs. A feed listener is a session that names itself so, or whose
 # last statement was the LISTEN (asyncpg sends it once, then the session sits idle waiting).

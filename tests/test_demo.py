@@ -186,6 +186,7 @@ def test_make_demo_runs_everything_and_cleans_up(demo: DemoRun) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Servers (3)" in result.stdout
+    assert "Feed listeners (1)" in result.stdout
     for entry in servers.values():
         assert entry["name"] in result.stdout  # type: ignore[index]
 
