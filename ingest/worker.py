@@ -8,6 +8,7 @@ import contextlib
 import discord
 import structlog
 
+from ingest.fairness import install_cooperative_yield
 from ingest.gateway import IngestClient
 from ingest.writer import Writer, WriterConfig
 from shared.db import redacted
@@ -69,6 +70,7 @@ class IngestWorker:
         """Point discord.py where configured, start the writer, log in and connect the shards."""
         settings = self.settings
         point_discord_py(settings.discord_api_base, settings.discord_gateway_url)
+        install_cooperative_yield()
         log.info(
             "ingest_starting",
             database=redacted(settings.database_url or ""),
