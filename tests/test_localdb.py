@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,14 +33,14 @@ server.stop()
 """
 
 
-def _run_launcher(python: str = sys.executable, **kwargs: object) -> dict[str, object]:
+def _run_launcher(python: str = sys.executable, path: Path = PROJECT, **kwargs: object) -> dict[str, object]:
     result = subprocess.run(
         [python, "-c", SCRIPT],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        cwd=path,
+        env={**os.environ, "PYTHONPATH": str(path)},
         **kwargs,
     )  # type: ignore[call-overload]
     assert result.returncode == 0, result.stderr
@@ -78,7 +80,18 @@ def test_launcher_as_unprivileged_user_leaves_nothing_behind() -> None:
     usable = [python for python in (sys.executable, "/usr/bin/python3") if _runs(python, as_user)]
     if not usable:
         pytest.skip(f"no Python interpreter that {user.pw_name} may run")
-    report = _run_launcher(usable[0], **as_user)
+    # Nor may it read a checkout in a private folder (pytest's tmp_path is one too): give it a copy of
+    # the launcher, which is self-contained, in a folder of its own.
+    copy = Path(tempfile.mkdtemp(prefix="dzone-launcher-"))
+    try:
+        (copy / "shared").mkdir()
+        for name in ("__init__.py", "localdb.py"):
+            shutil.copy(PROJECT / "shared" / name, copy / "shared" / name)
+        for folder in (copy, copy / "shared"):
+            folder.chmod(0o755)
+        report = _run_launcher(usable[0], copy, **as_user)
+    finally:
+        shutil.rmtree(copy)
     _assert_nothing_left(report)
 
 
