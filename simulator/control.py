@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from simulator.engine import UNSET
+from simulator.rest import RestFault
 from simulator.world import InvalidValueError, SimulatorError, UnknownObjectError
 
 if TYPE_CHECKING:
@@ -78,6 +79,17 @@ class ControlApi:
             "faults/invalid-session": self.fault_invalid_session,
             "faults/stop-heartbeat-acks": self.fault_stop_acks,
             "faults/resume-heartbeat-acks": self.fault_resume_acks,
+            "faults/black-hole": self.fault_black_hole,
+            "faults/heartbeat-interval": self.fault_heartbeat_interval,
+            "faults/bot-added": self.fault_bot_added,
+            "faults/guild-unavailable": self.fault_guild_unavailable,
+            "faults/guild-available": self.fault_guild_available,
+            "faults/expire-sessions": self.fault_expire_sessions,
+            "faults/rest": self.fault_rest,
+            "faults/chunks": self.fault_chunks,
+            "faults/close": self.fault_close,
+            "faults/delay-dispatches": self.fault_delay,
+            "faults/duplicate-dispatches": self.fault_duplicate,
         }
         routes = [web.get(f"{p}/state", self.state), web.get(f"{p}/stats", self.stats)]
         routes += [web.post(f"{p}/{name}", self._wrap(action)) for name, action in post.items()]
@@ -199,3 +211,56 @@ class ControlApi:
 
     async def fault_resume_acks(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"connections": self.sim.resume_heartbeat_acks()}
+
+    async def fault_black_hole(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.sim.black_hole()}
+
+    async def fault_heartbeat_interval(self, body: dict[str, Any]) -> None:
+        self.sim.set_heartbeat_interval(_integer(body, "interval_ms"))
+
+    async def fault_bot_added(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.sim.add_guild(_integer(body, "size"))
+
+    async def fault_guild_unavailable(self, body: dict[str, Any]) -> None:
+        await self.sim.start_guild_outage(_snowflake(body, "guild_id"))
+
+    async def fault_guild_available(self, body: dict[str, Any]) -> None:
+        await self.sim.end_guild_outage(_snowflake(body, "guild_id"))
+
+    async def fault_expire_sessions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"sessions": self.sim.expire_sessions()}
+
+    async def fault_rest(self, body: dict[str, Any]) -> dict[str, Any]:
+        count = _integer(body, "count", default=1)
+        if not 1 <= count <= 100:
+            raise InvalidValueError("count must be 1..100")
+        fault = RestFault(_integer(body, "status"), _number(body, "retry_after", default=1.0))
+        return {"queued": self.sim.queue_rest_faults([fault] * count)}
+
+    async def fault_chunks(self, body: dict[str, Any]) -> None:
+        self.sim.set_chunk_faults(
+            delay_s=_number(body, "delay_s", default=0.0), drop=_integer(body, "drop", default=0)
+        )
+
+    async def fault_close(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": await self.sim.close_connections(_integer(body, "code"))}
+
+    async def fault_delay(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.sim.delay_dispatches(_number(body, "seconds"))}
+
+    async def fault_duplicate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.sim.duplicate_dispatches(_number(body, "seconds"))}
+
+
+def _integer(body: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValueError(f"{key} is required (an integer)")
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float | None = None) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidValueError(f"{key} is required (a number)")
+    return float(value)

@@ -38,6 +38,7 @@ from simulator.world import (
 )
 
 MAX_NAME_LENGTH = 32  # usernames, global names and nicks
+MAX_ADDED_GUILD_SIZE = 100_000
 UNSET: Any = object()  # "leave this field as it is" for update_member
 
 
@@ -204,6 +205,30 @@ class Engine:
         for user_id in list(guild.members):
             self.world.leave(guild, user_id)
         del self.world.guilds[guild_id]
+
+    def add_guild(self, size: int) -> dict[str, Any]:
+        """The bot is added to a new guild of ``size`` members: GUILD_CREATE, live, with its members."""
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_ADDED_GUILD_SIZE:
+            raise InvalidValueError(f"size must be an integer 1..{MAX_ADDED_GUILD_SIZE}")
+        guild = self.builder.add_guild(self.world, size)
+        self.hub.send_guild_create(guild, joined=True)
+        return {"guild_id": str(guild.id), "name": guild.name, "member_count": len(guild.members)}
+
+    def start_outage(self, guild_id: int) -> None:
+        """The guild becomes unavailable (GUILD_DELETE ``unavailable: true``); it changes on unseen."""
+        guild = self.world.guild(guild_id)
+        if guild.unavailable:
+            raise InvalidValueError(f"guild {guild_id} is already unavailable")
+        self.hub.dispatch("GUILD_DELETE", guild_id, INTENT_GUILDS, {"id": str(guild_id), "unavailable": True})
+        guild.unavailable = True
+
+    def end_outage(self, guild_id: int) -> None:
+        """The guild is available again: GUILD_CREATE ``unavailable: false`` with its current state."""
+        guild = self.world.guild(guild_id)
+        if not guild.unavailable:
+            raise InvalidValueError(f"guild {guild_id} is not unavailable")
+        guild.unavailable = False
+        self.hub.send_guild_create(guild, joined=False)
 
     # -- OAuth2 -------------------------------------------------------------------------------------
 

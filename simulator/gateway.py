@@ -22,7 +22,14 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from simulator.config import SimConfig
-from simulator.world import World, guild_create_payload, member_payload, presence_payload, user_payload
+from simulator.world import (
+    Guild,
+    World,
+    guild_create_payload,
+    member_payload,
+    presence_payload,
+    user_payload,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +83,13 @@ class Close(IntEnum):
     DISALLOWED_INTENTS = 4014
 
 
+# The close codes the /_sim/faults/close route sends, with Discord's reason text.
+SERVER_CLOSE_CODES = {
+    int(Close.UNKNOWN_ERROR): "Unknown error.",
+    int(Close.SESSION_TIMED_OUT): "Session timed out.",
+}
+
+
 def shard_of(guild_id: int, shard_count: int) -> int:
     """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
     return (guild_id >> 22) % shard_count
@@ -117,6 +131,11 @@ class Connection:
         self.drained.set()
         self.session: Session | None = None
         self.ack_heartbeats = True
+        # faults: a black hole sends nothing at all; frames are held until hold_until (monotonic);
+        # dispatches are queued twice until duplicate_until
+        self.black_hole = False
+        self.hold_until = 0.0
+        self.duplicate_until = 0.0
         self.closing = False
         self.frames_sent = 0
         self.high_water = 0
@@ -155,7 +174,10 @@ class Connection:
         while not self.closing:
             await self._wake.wait()
             self._wake.clear()
-            while self.queue and not self.closing:
+            held = self.hold_until - time.monotonic()
+            if held > 0:
+                await asyncio.sleep(held)  # a delayed link: everything arrives late, still in order
+            while self.queue and not self.closing and not self.black_hole:
                 if transport is None or transport.is_closing():
                     self.closing = True
                     break
@@ -228,8 +250,11 @@ class Session:
         self.replay.append((self.seq, frame))
         if len(self.replay) > self.replay_limit:
             self.replay.popleft()
-        if self.connection is not None:
-            self.connection.enqueue(frame)
+        connection = self.connection
+        if connection is not None:
+            connection.enqueue(frame)
+            if connection.duplicate_until and time.monotonic() < connection.duplicate_until:
+                connection.enqueue(frame)  # the same dispatch (same seq) twice in a row
 
     def acknowledge(self, seq: int) -> None:
         """The client has seen everything up to ``seq`` (from its heartbeat): no need to keep it."""
@@ -260,11 +285,16 @@ class GatewayHub:
             "identify": 0,
             "resume": 0,
             "resume_failed": 0,
+            "sessions_expired": 0,
             "dispatch": 0,
             "member_chunks": 0,
+            "member_chunks_dropped": 0,
             "connections_total": 0,
         }
         self.connections_by_path: dict[str, int] = {}
+        self.heartbeat_interval_ms = config.heartbeat_interval_ms  # HELLO of new connections
+        self.chunk_delay_s = 0.0  # before each GUILD_MEMBERS_CHUNK (fault: slow chunks)
+        self.chunks_to_drop = 0  # the next this many chunks are never sent (fault: lost chunks)
         self.dispatched_by_event: dict[str, int] = {}  # fan-out dispatches (guild events), per event name
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -283,6 +313,9 @@ class GatewayHub:
         ``variant`` may return a different payload for a session (e.g. no message content without the
         message-content intent); the common payload is encoded once.
         """
+        guild = self.world.guilds.get(guild_id)
+        if guild is not None and guild.unavailable:
+            return  # Discord sends nothing for a guild in an outage
         name = event.encode()
         data = orjson.dumps(payload)
         for session in self.sessions.values():
@@ -295,12 +328,39 @@ class GatewayHub:
 
     def listening(self, guild_id: int, intent: int) -> bool:
         """Whether any session would receive this guild's events of that intent (skip encoding if not)."""
+        guild = self.world.guilds.get(guild_id)
+        if guild is not None and guild.unavailable:
+            return False
         return any(s.covers(guild_id) and s.has(intent) for s in self.sessions.values())
 
+    def send_guild_create(self, guild: Guild, *, joined: bool) -> int:
+        """GUILD_CREATE of one guild, shaped per session (large threshold, presences intent).
+
+        ``joined``: the bot was just added (no ``unavailable`` key: discord.py dispatches guild_join);
+        else the guild is available again after an outage (``unavailable: false``: guild_available).
+        """
+        sent = 0
+        for session in self.sessions.values():
+            if not session.covers(guild.id) or not session.has(INTENT_GUILDS):
+                continue
+            payload = guild_create_payload(
+                guild,
+                bot_user_id=self.world.bot_user.id,
+                large_threshold=session.large_threshold,
+                with_presences=session.has(INTENT_PRESENCES),
+            )
+            if joined:
+                del payload["unavailable"]
+            session.dispatch(b"GUILD_CREATE", orjson.dumps(payload))
+            sent += 1
+        self.counters["dispatch"] += sent
+        self.dispatched_by_event["GUILD_CREATE"] = self.dispatched_by_event.get("GUILD_CREATE", 0) + sent
+        return sent
+
     async def wait_writable(self) -> None:
-        """Backpressure for the scenario: wait while a connection is far behind."""
+        """Backpressure for the scenario: wait while a connection is far behind (a black hole never is)."""
         for connection in list(self.connections):
-            if not connection.drained.is_set():
+            if not connection.drained.is_set() and not connection.black_hole:
                 await connection.drained.wait()
 
     # -- faults -------------------------------------------------------------------------------------
@@ -346,6 +406,63 @@ class GatewayHub:
             connection.ack_heartbeats = True
         return len(connections)
 
+    def black_hole(self) -> int:
+        """Current connections stay open but send nothing more, not even heartbeat ACKs (a zombie link)."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.black_hole = True
+            connection.ack_heartbeats = False
+        return len(connections)
+
+    def delay_dispatches(self, seconds: float) -> int:
+        """Current connections send nothing for ``seconds``, then everything held, in order."""
+        until = time.monotonic() + seconds
+        connections = self.identified()
+        for connection in connections:
+            connection.hold_until = until
+        return len(connections)
+
+    def duplicate_dispatches(self, seconds: float) -> int:
+        """For ``seconds``, current connections get every dispatch twice (same ``s``), back to back."""
+        until = time.monotonic() + seconds
+        connections = self.identified()
+        for connection in connections:
+            connection.duplicate_until = until
+        return len(connections)
+
+    async def close_connections(self, code: int) -> int:
+        """Close every identified connection with a close code, as Discord does on its own errors.
+
+        4009 (session timed out) also ends the session, as on Discord: the RESUME that follows fails.
+        """
+        if code not in SERVER_CLOSE_CODES:
+            raise ValueError(f"close code must be one of {sorted(SERVER_CLOSE_CODES)}, not {code}")
+        connections = self.identified()
+        for connection in connections:
+            session = connection.session
+            if code == Close.SESSION_TIMED_OUT and session is not None:
+                self._forget(session)
+                connection.session = None
+        await asyncio.gather(
+            *(c.close(code, SERVER_CLOSE_CODES[code]) for c in connections), return_exceptions=True
+        )
+        return len(connections)
+
+    def expire_all_sessions(self) -> int:
+        """Every session ends and every connection drops: the clients' RESUME gets INVALID_SESSION false."""
+        count = len(self.sessions)
+        for session in list(self.sessions.values()):
+            self._forget(session)
+        for connection in list(self.connections):
+            connection.session = None
+            connection.abort()
+        return count
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        session.connection = None
+        self.counters["sessions_expired"] += 1
+
     def expire_sessions(self) -> None:
         """Forget disconnected sessions older than the TTL (they can no longer RESUME)."""
         deadline = time.monotonic() - self.config.session_ttl_s
@@ -388,7 +505,7 @@ class GatewayHub:
                 raise ProtocolViolationError(Close.DECODE_ERROR, "Only encoding=json is simulated.")
             if query.get("compress") not in (None, "zlib-stream"):
                 raise ProtocolViolationError(Close.DECODE_ERROR, "Only compress=zlib-stream is simulated.")
-            connection.enqueue(op_frame(Op.HELLO, {"heartbeat_interval": cfg.heartbeat_interval_ms}))
+            connection.enqueue(op_frame(Op.HELLO, {"heartbeat_interval": self.heartbeat_interval_ms}))
             await self._read_loop(connection)
         except ProtocolViolationError as exc:
             log.info("gateway_close", code=int(exc.code), reason=exc.reason, path=request.path)
@@ -409,7 +526,7 @@ class GatewayHub:
     async def _read_loop(self, connection: Connection) -> None:
         ws = connection.ws
         # Discord closes a session that misses heartbeats; allow two intervals plus slack.
-        beat_timeout = self.config.heartbeat_interval_ms / 1000 * 2 + 10
+        beat_timeout = self.heartbeat_interval_ms / 1000 * 2 + 10
         while not connection.closing:
             timeout = beat_timeout if connection.session is not None else self.config.identify_timeout_s
             try:
@@ -535,6 +652,8 @@ class GatewayHub:
         session.dispatch(b"READY", orjson.dumps(ready))
         with_presences = session.has(INTENT_PRESENCES)
         for guild in guilds:
+            if guild.unavailable:
+                continue  # listed unavailable in READY; its GUILD_CREATE comes when the outage ends
             payload = guild_create_payload(
                 guild,
                 bot_user_id=world.bot_user.id,
@@ -594,8 +713,9 @@ class GatewayHub:
                 guild_id = int(raw_id)
             except (TypeError, ValueError):
                 raise ProtocolViolationError(Close.DECODE_ERROR, "Invalid guild_id.") from None
-            if not session.covers(guild_id) or guild_id not in self.world.guilds:
-                continue  # Discord answers nothing for a guild not on this shard
+            guild = self.world.guilds.get(guild_id)
+            if not session.covers(guild_id) or guild is None or guild.unavailable:
+                continue  # Discord answers nothing for a guild not on this shard (or in an outage)
             if query == "" and limit == 0 and not session.has(INTENT_MEMBERS):
                 log.warning("chunk_request_without_members_intent", guild=guild_id)
                 continue
@@ -633,8 +753,14 @@ class GatewayHub:
         # Each chunk is a snapshot taken when it is queued; events in between are queued in order, and
         # discord.py keeps a cached member over a chunk's copy, so the client converges on the truth.
         for index, batch in enumerate(batches):
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
             if guild_id not in self.world.guilds or session.id not in self.sessions:
                 return
+            if self.chunks_to_drop > 0:
+                self.chunks_to_drop -= 1
+                self.counters["member_chunks_dropped"] += 1
+                continue
             chunk: dict[str, Any] = {
                 "guild_id": str(guild_id),
                 "members": [member_payload(m) for m in batch if m.user.id in guild.members],

@@ -7,6 +7,9 @@ and treats anything else as text.
 from __future__ import annotations
 
 import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,10 +17,14 @@ from aiohttp import web
 
 from simulator.config import SimConfig
 from simulator.engine import Engine
-from simulator.world import SimulatorError, User, World, user_payload
+from simulator.world import InvalidValueError, SimulatorError, User, World, user_payload
 
 API_PREFIX = "/api/v10"
+# The REST faults /_sim/faults/rest can inject: what Discord's edge answers when it is in trouble.
+REST_FAULT_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_QUEUED_REST_FAULTS = 100
 MAX_REST_BODY = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The application's owner: a fixed account outside every guild.
 APPLICATION_OWNER = User(id=100_000_000_000_000_000, username="sim-owner", global_name="Simulator Owner")
 
@@ -32,6 +39,28 @@ def discord_error(status: int, code: int, message: str) -> web.Response:
     return discord_json({"message": message, "code": code}, status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class RestFault:
+    """One bot REST answer to replace: ``status``, and for a 429 how long to wait."""
+
+    status: int
+    retry_after_s: float = 1.0
+
+
+def rest_fault_response(fault: RestFault) -> web.Response:
+    """The answer Discord gives: a 429 with ``Retry-After`` and ``retry_after``, or a bare 5xx."""
+    if fault.status == 429:
+        response = discord_json(
+            {"message": "You are being rate limited.", "retry_after": fault.retry_after_s, "global": False},
+            status=429,
+        )
+        response.headers["Retry-After"] = f"{fault.retry_after_s:g}"
+        response.headers["X-RateLimit-Scope"] = "user"
+        response.headers["Via"] = "1.1 google"  # discord.py reads a 429 without it as a Cloudflare ban
+        return response
+    return discord_error(fault.status, 0, f"{fault.status}: simulated server error")
+
+
 class RestApi:
     """Handlers for ``/api/v10/...``; ``gateway_url`` is filled in once the port is known."""
 
@@ -40,6 +69,28 @@ class RestApi:
         self.world = world
         self.engine = engine
         self.gateway_url = ""
+        self.faults: deque[RestFault] = deque()  # answered, in order, to the next bot requests
+        self.faults_served = 0
+
+    def queue_faults(self, faults: list[RestFault]) -> int:
+        """Answer the next bot-authenticated requests with these errors; returns how many are queued."""
+        for fault in faults:
+            if fault.status not in REST_FAULT_STATUSES:
+                raise InvalidValueError(f"status must be one of {sorted(REST_FAULT_STATUSES)}")
+            if not 0 <= fault.retry_after_s <= 60:
+                raise InvalidValueError("retry_after must be 0..60 seconds")
+        if len(self.faults) + len(faults) > MAX_QUEUED_REST_FAULTS:
+            raise InvalidValueError(f"at most {MAX_QUEUED_REST_FAULTS} REST faults may be queued")
+        self.faults.extend(faults)
+        return len(self.faults)
+
+    @web.middleware
+    async def fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A queued fault replaces the answer to the next request the bot makes under ``/api/v10``."""
+        if self.faults and request.path.startswith(API_PREFIX) and self._bot_authorized(request):
+            self.faults_served += 1
+            return rest_fault_response(self.faults.popleft())
+        return await handler(request)
 
     def routes(self) -> list[web.RouteDef]:
         p = API_PREFIX

@@ -89,7 +89,11 @@ class WorldBuilder:
             self._add_guild(world, index, size)
         return world
 
-    def _add_guild(self, world: World, index: int, size: int) -> None:
+    def add_guild(self, world: World, size: int) -> Guild:
+        """A new guild of ``size`` members (the bot included), named like the ones built at start."""
+        return self._add_guild(world, len(world.guilds), size)
+
+    def _add_guild(self, world: World, index: int, size: int) -> Guild:
         rng = self.rng
         guild_id = self.ids.next()
         name = GUILD_NAMES[index % len(GUILD_NAMES)]
@@ -128,6 +132,7 @@ class WorldBuilder:
         humans = [m.user.id for m in guild.members.values() if not m.user.bot]
         guild.owner_id = humans[0] if humans else world.bot_user.id
         world.guilds[guild_id] = guild
+        return guild
 
 
 @dataclass(frozen=True, slots=True)

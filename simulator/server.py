@@ -21,7 +21,7 @@ from simulator.control import ControlApi
 from simulator.discordpy import point_discord_py_at
 from simulator.engine import UNSET, Engine
 from simulator.gateway import GatewayHub
-from simulator.rest import RestApi
+from simulator.rest import RestApi, RestFault
 from simulator.scenario import (
     MemberJoin,
     MemberLeave,
@@ -31,7 +31,7 @@ from simulator.scenario import (
     Traffic,
     WorldBuilder,
 )
-from simulator.world import SimulatorError
+from simulator.world import InvalidValueError, SimulatorError
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,7 @@ TICK_S = 0.01  # scenario granularity; rates are kept by drawing Poisson counts 
 MAX_TICK_S = 0.25  # after a stall, do not burst more than this much simulated time at once
 MAX_CHANGES_PER_TICK = 2_000  # keeps the loop responsive and backpressure effective at extreme rates
 HOUSEKEEPING_S = 5.0
+MAX_FAULT_SECONDS = 120.0  # longest delay/duplication window a fault route accepts
 
 
 class Simulator:
@@ -93,7 +94,7 @@ class Simulator:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self.rest.fault_middleware])
         app.add_routes(
             [
                 web.get("/gateway", self.hub.handle),
@@ -289,3 +290,69 @@ class Simulator:
 
     def resume_heartbeat_acks(self) -> int:
         return self.hub.resume_heartbeat_acks()
+
+    def black_hole(self) -> int:
+        """Current gateway connections stay open and send nothing, not even ACKs (zombie detection)."""
+        return self.hub.black_hole()
+
+    def set_heartbeat_interval(self, interval_ms: int) -> None:
+        """The ``heartbeat_interval`` of the HELLO sent on new connections."""
+        if (
+            isinstance(interval_ms, bool)
+            or not isinstance(interval_ms, int)
+            or not 100 <= interval_ms <= 120_000
+        ):
+            raise InvalidValueError("interval_ms must be an integer 100..120000")
+        self.hub.heartbeat_interval_ms = interval_ms
+
+    async def add_guild(self, size: int) -> dict[str, Any]:
+        """The bot is added to a new guild of ``size`` members (GUILD_CREATE live); answers its id."""
+        return self.engine.add_guild(size)
+
+    async def start_guild_outage(self, guild_id: int) -> None:
+        """GUILD_DELETE ``unavailable: true``: an outage, not a removal; the guild keeps changing unseen."""
+        self.engine.start_outage(guild_id)
+
+    async def end_guild_outage(self, guild_id: int) -> None:
+        """GUILD_CREATE ``unavailable: false`` with the guild as it is now."""
+        self.engine.end_outage(guild_id)
+
+    def expire_sessions(self) -> int:
+        """End every session and drop every connection: the clients' RESUME fails (INVALID_SESSION false)."""
+        return self.hub.expire_all_sessions()
+
+    def queue_rest_faults(self, faults: Sequence[RestFault]) -> int:
+        """The next bot REST requests get these errors (5xx, or 429 with Retry-After), in order."""
+        return self.rest.queue_faults(list(faults))
+
+    def set_chunk_faults(self, *, delay_s: float = 0.0, drop: int = 0) -> None:
+        """Delay every GUILD_MEMBERS_CHUNK by ``delay_s``; never send the next ``drop`` chunks."""
+        if not 0 <= delay_s <= MAX_FAULT_SECONDS or isinstance(drop, bool) or not 0 <= drop <= 1000:
+            raise InvalidValueError(f"delay_s must be 0..{MAX_FAULT_SECONDS} and drop 0..1000")
+        self.hub.chunk_delay_s = delay_s
+        self.hub.chunks_to_drop = drop
+
+    async def close_connections(self, code: int) -> int:
+        """Close every identified connection with 4000 (resumable) or 4009 (the session is gone)."""
+        try:
+            return await self.hub.close_connections(code)
+        except ValueError as exc:
+            raise InvalidValueError(str(exc)) from None
+
+    def delay_dispatches(self, seconds: float) -> int:
+        """Current connections send nothing for ``seconds``, then everything, in order."""
+        return self.hub.delay_dispatches(_fault_seconds(seconds))
+
+    def duplicate_dispatches(self, seconds: float) -> int:
+        """For ``seconds``, every dispatch to the current connections is sent twice."""
+        return self.hub.duplicate_dispatches(_fault_seconds(seconds))
+
+
+def _fault_seconds(seconds: float) -> float:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds <= MAX_FAULT_SECONDS
+    ):
+        raise InvalidValueError(f"seconds must be a number in (0, {MAX_FAULT_SECONDS}]")
+    return float(seconds)

@@ -102,6 +102,7 @@ class Guild:
     channels: dict[int, Channel] = field(default_factory=dict)
     members: dict[int, Member] = field(default_factory=dict)
     membership_version: int = 0  # bumped on every join and leave (cache key for member samplers)
+    unavailable: bool = False  # in an outage: still the bot's, but the gateway sends nothing about it
 
 
 def role_color(guild: Guild, member: Member) -> str:
@@ -409,6 +410,7 @@ def guild_truth(guild: Guild) -> dict[str, Any]:
         "name": guild.name,
         "owner_id": str(guild.owner_id),
         "member_count": len(guild.members),
+        "unavailable": guild.unavailable,
         "roles": [
             {"id": str(r.id), "name": r.name, "color": r.color, "position": r.position}
             for r in guild.roles.values()
