@@ -135,7 +135,8 @@ async def test_rest_5xx_and_429_are_retried_by_discord_py_at_login() -> None:
         started = time.monotonic()
         async with connected_client(sim):
             assert sim.rest.faults_served == 2 and not sim.rest.faults
-        assert time.monotonic() - started >= 1.2  # discord.py waited 1 s after the 500 and 0.2 s after the 429
+        # discord.py waited 1 s after the 500 and 0.2 s after the 429
+        assert time.monotonic() - started >= 1.2
 
 
 def test_rest_fault_answers_look_like_discords() -> None:
@@ -230,10 +231,12 @@ async def test_duplicated_dispatches_arrive_twice() -> None:
     ],
 )
 async def test_fault_routes_refuse_bad_input(http: aiohttp.ClientSession, route: str, body: dict) -> None:
-    async with Simulator(SimConfig(guild_sizes=[3])) as sim:
-        async with http.post(f"{sim.control_base}/{route}", json=body) as response:
-            assert response.status in (400, 404), await response.text()
-            assert "error" in await response.json()
+    async with (
+        Simulator(SimConfig(guild_sizes=[3])) as sim,
+        http.post(f"{sim.control_base}/{route}", json=body) as response,
+    ):
+        assert response.status in (400, 404), await response.text()
+        assert "error" in await response.json()
 
 
 async def test_fault_routes_over_http(http: aiohttp.ClientSession) -> None:
