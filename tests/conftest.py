@@ -36,3 +36,16 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's convergence times, when it ran (tests/cluster.py records them)."""
+    import sys
+
+    cluster = sys.modules.get("tests.cluster")
+    figures = getattr(cluster, "CONVERGENCE", None)
+    if not figures:
+        return
+    terminalreporter.section("fault suite: seconds to converge after the pause")
+    for fault, seconds in figures:
+        terminalreporter.write_line(f"{fault:28} {'never' if seconds is None else f'{seconds:.2f}s'}")

@@ -1,0 +1,229 @@
+"""The fault suite: each fault injected into the whole system while it churns, then exact convergence.
+
+For every fault: the simulator churns (presences, joins, leaves, renames, role colours), the real ingest
+writes, the serve relays to real viewers; the fault is injected, the storm goes on, then everything
+pauses and ``discord_users`` must equal the simulator's truth for every member and every viewer's map
+the database, within 5 s (10 s when an ingest restarted). Harness: tests/cluster.py; docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from simulator.rest import RestFault
+from tests.cluster import (
+    CONVERGE_BUDGET_AFTER_RESTART_S,
+    CONVERGE_BUDGET_S,
+    Cluster,
+    Ingest,
+    IngestProcess,
+    cluster,
+)
+from tests.pg import PgServer
+
+Script = Callable[[Cluster, PgServer], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    script: Script
+    budget: float = CONVERGE_BUDGET_S
+    ingests: Callable[[Cluster], list[Ingest]] | None = None  # default: one in-process worker
+    serves: int = 1
+    needs_local_pg: bool = False  # restarts or reconfigures the PostgreSQL server itself
+
+
+async def counter_rises(c: Cluster, name: str, by: int = 1) -> None:
+    """Churn until a simulator counter (identify, resume...) went up: the ingest came back."""
+    target = c.sim.hub.counters[name] + by
+    while c.sim.hub.counters[name] < target:
+        await c.churn(events=20, timeout=30)
+
+
+# -- PostgreSQL faults ---------------------------------------------------------------------------
+
+
+async def postgres_restart(c: Cluster, pg: PgServer) -> None:
+    await asyncio.to_thread(pg.restart, 2.0)  # the storm goes on in this loop meanwhile
+
+
+async def logins_refused(c: Cluster, pg: PgServer) -> None:
+    with pg.refuse_logins():  # type: ignore[attr-defined]
+        await c.terminate(await c.backend_pids())
+        await c.churn(events=800)
+
+
+async def connections_cut(c: Cluster, pg: PgServer) -> None:
+    for _ in range(2):
+        assert await c.terminate(await c.backend_pids()) >= 2  # the ingest's and the serve's
+        await c.churn()
+
+
+async def listener_killed(c: Cluster, pg: PgServer) -> None:
+    assert await c.terminate([await c.listener_pid()]) == 1
+
+
+async def listener_frozen(c: Cluster, pg: PgServer) -> None:
+    # A child of the PostgreSQL server the session started: stopped, so the serve's probe times out.
+    pid = await c.listener_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await c.churn(events=600)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def one_ingest_process(c: Cluster) -> list[Ingest]:
+    return [c.ingest_process("ingest", DZONE_SHARD_COUNT="1")]
+
+
+async def ingest_sigkill(c: Cluster, pg: PgServer) -> None:
+    ingest = c.ingests[0]
+    assert isinstance(ingest, IngestProcess)
+    await ingest.kill()
+    await c.churn()
+    await ingest.start()
+    await counter_rises(c, "identify")
+
+
+# -- Discord faults (simulator) ------------------------------------------------------------------
+
+
+async def black_hole(c: Cluster, pg: PgServer) -> None:
+    c.sim.black_hole()
+    await counter_rises(c, "resume")  # discord.py's zombie detection gave up on the silent link
+
+
+async def heartbeat_interval_change(c: Cluster, pg: PgServer) -> None:
+    c.sim.set_heartbeat_interval(500)
+    await c.sim.drop_connections()
+    await counter_rises(c, "resume")
+
+
+async def bot_added(c: Cluster, pg: PgServer) -> None:
+    await c.sim.add_guild(400)
+
+
+async def guild_outage(c: Cluster, pg: PgServer) -> None:
+    guild_id = next(iter(c.sim.world.guilds))
+    await c.sim.start_guild_outage(guild_id)
+    await c.churn()  # the guild changes unseen; its rows must stay (an outage is not a removal)
+    conn = await c.db()
+    assert await conn.fetchval("SELECT count(*) FROM discord_users WHERE server_id = $1", str(guild_id))
+    await c.sim.end_guild_outage(guild_id)
+
+
+async def session_expiry(c: Cluster, pg: PgServer) -> None:
+    c.sim.expire_sessions()
+    await counter_rises(c, "identify")
+
+
+async def rest_errors_at_login(c: Cluster, pg: PgServer) -> None:
+    await c.ingests[0].stop()
+    await c.churn()
+    c.sim.queue_rest_faults([RestFault(502), RestFault(429, retry_after_s=1.0)])
+    c.ingests[0] = c.in_process_ingest(shard_count=1)
+    await c.ingests[0].start()
+    await counter_rises(c, "identify")
+    assert c.sim.rest.faults_served == 2
+
+
+async def slow_chunks(c: Cluster, pg: PgServer) -> None:
+    c.sim.set_chunk_faults(delay_s=0.5)
+    chunks = c.sim.hub.counters["member_chunks"]
+    await c.sim.send_invalid_session(resumable=False)
+    while c.sim.hub.counters["member_chunks"] < chunks + len(c.sim.world.guilds):
+        await c.churn(events=20)
+    c.sim.set_chunk_faults()
+
+
+async def lost_chunk(c: Cluster, pg: PgServer) -> None:
+    c.sim.set_chunk_faults(drop=1)
+    await c.sim.send_invalid_session(resumable=False)
+    while c.sim.hub.counters["member_chunks_dropped"] < 1:
+        await c.churn(events=20)
+    await c.churn(events=1200)  # discord.py waits 5 s for the chunk that never comes
+
+
+async def close_4000(c: Cluster, pg: PgServer) -> None:
+    await c.sim.close_connections(4000)
+    await counter_rises(c, "resume")
+
+
+async def close_4009(c: Cluster, pg: PgServer) -> None:
+    await c.sim.close_connections(4009)
+    await counter_rises(c, "identify")
+
+
+async def dispatches_delayed(c: Cluster, pg: PgServer) -> None:
+    c.sim.delay_dispatches(1.5)
+
+
+async def dispatches_duplicated(c: Cluster, pg: PgServer) -> None:
+    c.sim.duplicate_dispatches(2.0)
+
+
+# -- a small cluster -----------------------------------------------------------------------------
+
+
+def two_shard_processes(c: Cluster) -> list[Ingest]:
+    return [
+        c.ingest_process(f"shard{shard}", DZONE_SHARD_COUNT="2", DZONE_SHARD_IDS=str(shard))
+        for shard in (0, 1)
+    ]
+
+
+async def cluster_restarts(c: Cluster, pg: PgServer) -> None:
+    shards = {(int(g) >> 22) % 2 for g in c.sim.world.guilds}
+    assert shards == {0, 1}, "the seed must put guilds on both shards"
+    await c.ingests[1].stop()
+    await c.restart_serve(1)
+    await c.churn()
+    await c.ingests[1].start()
+    await counter_rises(c, "identify")
+
+
+FAULTS = [
+    Fault("postgres-restart", postgres_restart, needs_local_pg=True),
+    Fault("logins-refused", logins_refused, needs_local_pg=True),
+    Fault("connections-cut", connections_cut),
+    Fault("listener-killed", listener_killed),
+    Fault("listener-frozen", listener_frozen),
+    Fault("ingest-sigkill", ingest_sigkill, CONVERGE_BUDGET_AFTER_RESTART_S, one_ingest_process),
+    Fault("black-hole", black_hole),
+    Fault("heartbeat-interval", heartbeat_interval_change),
+    Fault("bot-added", bot_added),
+    Fault("guild-outage", guild_outage),
+    Fault("session-expiry", session_expiry),
+    Fault("rest-errors-at-login", rest_errors_at_login, CONVERGE_BUDGET_AFTER_RESTART_S),
+    Fault("slow-chunks", slow_chunks),
+    Fault("lost-chunk", lost_chunk),
+    Fault("close-4000", close_4000),
+    Fault("close-4009", close_4009),
+    Fault("dispatches-delayed", dispatches_delayed),
+    Fault("dispatches-duplicated", dispatches_duplicated),
+    Fault(
+        "cluster-restarts", cluster_restarts, CONVERGE_BUDGET_AFTER_RESTART_S, two_shard_processes, serves=2
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: str, tmp_path: Path) -> None:
+    if fault.needs_local_pg and pg.local is None:
+        pytest.skip("needs the embedded PostgreSQL (unset DATABASE_URL)")
+    seed = 100 + FAULTS.index(fault)
+    async with cluster(database_url, tmp_path, seed=seed, ingests=fault.ingests, serves=fault.serves) as c:
+        await fault.script(c, pg)
+        await c.churn()
+        await c.pause_and_converge(fault.name, fault.budget)
