@@ -109,3 +109,6 @@ USERS_DELETE_SERVER = "DELETE FROM discord_users WHERE server_id = $1"
 # Servers the database believes the bot is in (the worker keeps those of its own shards).
 SERVERS_PRESENT = "SELECT server_id FROM discord_servers WHERE departed_at IS NULL"
 COUNT_SERVER_USERS = "SELECT count(*) FROM discord_users WHERE server_id = $1"
+
+# The writer's idle check: the server answers and takes writes (a standby after a failover does not).
+PROBE_READ_ONLY = "SELECT pg_is_in_recovery()"

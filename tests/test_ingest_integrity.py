@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from ingest.worker import IngestError, IngestWorker
 from simulator import SimConfig, Simulator
-from tests.ingest_helpers import db_view, truth_rows
-from tests.test_ingest_gateway import running_worker
+from tests.ingest_helpers import db_view, free_port, truth_rows
+from tests.pg import PgServer
+from tests.test_ingest_gateway import running_worker, settings_for
 from tests.waiting import wait_for
 
 
@@ -66,3 +74,91 @@ async def test_no_presence_lost_when_re_identify_chunks_again(
         sim.pause()
         await assert_converges(conn, sim, timeout=10, label="re-identify under a presence storm")
         assert worker.client.held_presences.kept > 0, "the storm never hit a member being chunked"
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        return response.status, await response.json()
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_refused_logins_make_the_ingest_not_ready_then_it_recovers_exactly(
+    pg: PgServer, database_url: str, conn: asyncpg.Connection
+) -> None:
+    if pg.local is None:
+        pytest.skip("needs the embedded PostgreSQL to rewrite its pg_hba.conf")
+    port = free_port()
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    async with (
+        Simulator(SimConfig(guilds=2, members=300, seed=13, presence_rate=200, churn=5)) as sim,
+        running_worker(sim, database_url, ingest_http_port=port) as worker,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def ready_is(status: int) -> Any:
+            code, body = await get_json(http, readyz)
+            return body if code == status else None
+
+        await wait_for(lambda: ready_is(200), timeout=30, message="/readyz 200 after start")
+        await conn.close()  # refused logins end every session, the test's too
+        with pg.refuse_logins():
+            body = await wait_for(lambda: ready_is(503), timeout=10, message="/readyz 503 while refused")
+            assert body["database"]["ok"] is False, body
+
+            async def refused_login_reported() -> Any:
+                body = await ready_is(503)
+                return body if body and body["database"]["permanent"] else None
+
+            body = await wait_for(refused_login_reported, timeout=10, message="the refused login in /readyz")
+            assert any("InvalidAuthorizationSpecification" in reason for reason in body["reasons"]), body
+            # The storm goes on: rows pile up and the writer keeps retrying (with backoff, not spinning).
+            await wait_for(lambda: worker.writer.health.outage_s > 4, timeout=10, message="a 4 s outage")
+            assert 3 <= worker.writer.health.failures_in_a_row < 40, worker.writer.health
+            assert not any(task.done() for task in worker.tasks), "a task of the worker ended"
+        allowed = time.monotonic()
+        await wait_for(lambda: ready_is(200), timeout=15, message="/readyz 200 after logins are allowed")
+        print(f"ready again {time.monotonic() - allowed:.2f}s after logins were allowed")
+        sim.pause()
+        fresh = await asyncpg.connect(database_url, timeout=10)
+        try:
+            await assert_converges(fresh, sim, timeout=10, label="after refused logins")
+        finally:
+            await fresh.close()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200
+            metrics = scrape(await response.text())
+        assert metrics[("dzone_ingest_database_failures_total", ())] >= 3
+        assert metrics[("dzone_ingest_database_recoveries_total", ())] >= 1
+        assert metrics[("dzone_ingest_database_outage_seconds_total", ())] > 4
+        assert metrics[("dzone_ingest_database_up", ())] == 1
+        assert metrics[("dzone_ingest_rows_committed_total", ())] == worker.writer.stats.rows_committed
+        assert metrics[("dzone_ingest_full_syncs_total", ())] >= 2
+        assert metrics[("dzone_ingest_events_total", (("event", "presence_update"),))] > 0
+        assert metrics[("dzone_ingest_commit_seconds_count", ())] == worker.writer.stats.batches
+        assert metrics[("dzone_ingest_shard_ready", (("shard", "0"),))] == 1
+        assert ("dzone_ingest_gateway_latency_seconds", (("shard", "0"),)) in metrics
+        assert metrics[("dzone_ingest_pending_rows", ())] == 0
+        code, alive = await get_json(http, f"http://127.0.0.1:{port}/healthz")
+        assert code == 200 and alive["alive"] is True
+
+
+async def test_a_worker_task_that_ends_stops_the_worker_loudly(database_url: str) -> None:
+    async with Simulator(SimConfig(guilds=1, members=20, seed=14)) as sim:
+        worker = IngestWorker(settings_for(sim, database_url))
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            run = asyncio.create_task(worker.run(stop))
+            await wait_for(lambda: worker.writer.stats.full_syncs >= 1, timeout=30, message="a full sync")
+            worker.writer.tasks[0].cancel()  # the writer dies (as a bug outside its retry loop would)
+            with pytest.raises(IngestError, match="ingest-writer"):
+                await asyncio.wait_for(run, timeout=30)
+        assert any(entry["event"] == "ingest_task_ended" for entry in logs), logs
+        assert worker.client.is_closed()
