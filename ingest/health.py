@@ -61,6 +61,8 @@ def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Re
             shards[str(shard_id)] = {"state": state, "latency_ms": latency and round(latency * 1000, 1)}
             if state != "ready":
                 reasons.append(f"gateway: shard {shard_id} is {state}")
+    if not writer.running:
+        reasons.append("writer: not running (the worker is stopping)")
     health = writer.health
     database: dict[str, Any] = {"ok": health.database_ok}
     if not health.database_ok:

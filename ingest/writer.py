@@ -296,6 +296,11 @@ class Writer:
         )
 
     @property
+    def running(self) -> bool:
+        """The writing task was started and has not ended."""
+        return self._task is not None and not self._task.done()
+
+    @property
     def tasks(self) -> list[asyncio.Task[None]]:
         """The writer's tasks, for the worker to watch: none of them may end while the worker runs."""
         return [task for task in (self._task, self._stats_task) if task is not None]
