@@ -12,9 +12,9 @@ from structlog.testing import capture_logs
 
 from ingest.mapping import MemberRow
 from ingest.writer import Writer, WriterConfig
+from shared.db import migrate
 from shared.feed import ChatMessage, ServerChanged, ServerResync, UserDeleted, UserUpserted
 from tests.ingest_helpers import DictSource, FeedRecorder, expected_rows, make_rows, table_rows
-from shared.db import migrate
 from tests.pg import PgServer, with_database
 from tests.waiting import wait_for
 
