@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -23,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ingest.gateway import IngestClient
-from ingest.writer import COMMIT_BUCKETS_S, Writer
+from ingest.writer import COMMIT_BUCKETS_S, Heartbeat, Writer
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,19 @@ def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Re
         "pending_rows": pending,
     }
     return Readiness(not reasons, body)
+
+
+def shard_heartbeat(client: IngestClient, instance: str, started_at: datetime) -> Heartbeat | None:
+    """This worker's row per shard for ``ingest_heartbeat`` (None until the shards are known)."""
+    expected = expected_shards(client)
+    if expected is None:
+        return None
+    shards = []
+    for shard_id in expected:
+        latency = _shard_latency(client, shard_id)
+        state = client.shard_states.get(shard_id, "connecting")
+        shards.append((shard_id, state, None if latency is None else round(latency * 1000, 1)))
+    return Heartbeat(instance, client.shard_count, started_at, shards)
 
 
 def _shard_latency(client: IngestClient, shard_id: int) -> float | None:

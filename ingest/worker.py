@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+from datetime import UTC, datetime
 
 import discord
 import structlog
 
 from ingest.fairness import install_cooperative_yield
 from ingest.gateway import IngestClient
-from ingest.health import HealthServer
+from ingest.health import HealthServer, shard_heartbeat
 from ingest.writer import Writer, WriterConfig
 from shared.db import redacted
 from shared.settings import IngestSettings
@@ -63,7 +66,14 @@ class IngestWorker:
             shard_ids=settings.shard_ids,
             guild_ready_timeout=settings.guild_ready_timeout_s,
         )
-        self.writer = Writer(settings.database_url, self.client, writer_config(settings))
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+        started_at = datetime.now(UTC)
+        self.writer = Writer(
+            settings.database_url,
+            self.client,
+            writer_config(settings),
+            heartbeat=lambda: shard_heartbeat(self.client, instance, started_at),
+        )
         self.client.writer = self.writer
         self.health: HealthServer | None = None
         if settings.ingest_http_port:

@@ -17,11 +17,13 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import math
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
@@ -86,6 +88,15 @@ class GuildSource(Protocol):
         """Whether the guild belongs to one of this worker's shards."""
 
 
+class Heartbeat(NamedTuple):
+    """This process and the state of each of its shards, written to ``ingest_heartbeat``."""
+
+    instance: str
+    shard_count: int | None
+    started_at: datetime
+    shards: list[tuple[int, str, float | None]]  # shard id, state, gateway latency in ms
+
+
 class ChatLine(NamedTuple):
     """A chat message to announce (never stored)."""
 
@@ -112,6 +123,7 @@ class WriterConfig:
     stats_interval_s: float = 10.0
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
+    heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
 
 
 @dataclass
@@ -166,8 +178,16 @@ def percentile(samples: Iterable[float], fraction: float) -> float:
 class Writer:
     """Owns the pending state and the one task that writes it to PostgreSQL."""
 
-    def __init__(self, database_url: str, source: GuildSource, config: WriterConfig | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        source: GuildSource,
+        config: WriterConfig | None = None,
+        heartbeat: Callable[[], Heartbeat | None] | None = None,
+    ) -> None:
         self._url = database_url
+        self._heartbeat = heartbeat
+        self._last_heartbeat = -math.inf
         self._source = source
         self.config = config or WriterConfig()
         self.stats = WriterStats()
@@ -395,10 +415,33 @@ class Writer:
         try:
             conn = await self._connection()
             await work(conn)
+            await self._maybe_heartbeat(conn)
         except Exception as exc:  # noqa: BLE001 - every error is retried; _failed logs it with its reason
             await self._failed(exc, conn)
             return
         self._succeeded()
+
+    async def _maybe_heartbeat(self, conn: asyncpg.Connection) -> None:
+        interval = self.config.heartbeat_interval_s
+        if self._heartbeat is None or interval <= 0 or time.monotonic() - self._last_heartbeat < interval:
+            return
+        beat = self._heartbeat()
+        if beat is None:  # the shards are not known yet
+            return
+        ids, states, latencies = (
+            (list(column) for column in zip(*beat.shards, strict=True)) if beat.shards else ([], [], [])
+        )
+        await conn.execute(
+            queries.HEARTBEAT,
+            beat.instance,
+            beat.shard_count,
+            self._n_pending,
+            beat.started_at,
+            ids,
+            states,
+            latencies,
+        )
+        self._last_heartbeat = time.monotonic()
 
     async def _probe(self, conn: asyncpg.Connection) -> None:
         if await conn.fetchval(queries.PROBE_READ_ONLY):

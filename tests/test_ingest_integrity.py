@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -162,3 +163,21 @@ async def test_a_worker_task_that_ends_stops_the_worker_loudly(database_url: str
                 await asyncio.wait_for(run, timeout=30)
         assert any(entry["event"] == "ingest_task_ended" for entry in logs), logs
         assert worker.client.is_closed()
+
+
+async def test_status_shows_each_shard_of_a_running_ingest(database_url: str) -> None:
+    from shared.status import read_status, render
+
+    async with (
+        Simulator(SimConfig(guilds=4, members=10, seed=15, recommended_shards=2)) as sim,
+        running_worker(sim, database_url),
+    ):
+
+        async def both_ready() -> Any:
+            status = await read_status(database_url)
+            states = {row.shard_id: (row.state, row.shard_count) for row in status.ingest_shards}
+            return status if states == {0: ("ready", 2), 1: ("ready", 2)} else None
+
+        status = await wait_for(both_ready, timeout=30, message="two ready shards in ingest_heartbeat")
+        text = render(status)
+        assert "Ingest shards (2)" in text and f":{os.getpid()}" in text, text
