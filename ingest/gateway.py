@@ -89,6 +89,7 @@ class IngestClient(discord.AutoShardedClient):
             "guild_available": self._on_guild_available,
             "guild_join": self._on_guild_available,
             "guild_remove": self._on_guild_remove,
+            "guild_unavailable": self._on_guild_unavailable,
             "guild_update": self._on_guild_update,
             "guild_role_update": self._on_guild_role_update,
             "guild_role_delete": self._on_guild_role_delete,
@@ -177,6 +178,10 @@ class IngestClient(discord.AutoShardedClient):
         log.info("guild_removed", server_id=guild.id)
         self.held_presences.forget_guild(guild.id)
         self.writer.depart_guild(str(guild.id))
+
+    def _on_guild_unavailable(self, guild: discord.Guild) -> None:
+        log.info("guild_unavailable", server_id=guild.id)  # an outage: GUILD_CREATE follows, then a sync
+        self.held_presences.forget_guild(guild.id, superseded=True)
 
     def _on_guild_update(self, before: discord.Guild, after: discord.Guild) -> None:
         if before.name != after.name:

@@ -8,8 +8,9 @@ discord.py's raw event (``enable_raw_presences``), keep the ones it cannot place
 member when it appears: before the guild's full-sync snapshot and on join.
 
 A kept presence is newer than the member's chunk (that is why it was kept) and older than any
-presence seen once the member is known (which replaces it), and older than a new GUILD_CREATE of the
-guild, which starts a new Guild object in discord.py: kept presences of an older Guild are superseded.
+presence seen once the member is known (which replaces it), and older than a later GUILD_CREATE of
+the guild: after a re-IDENTIFY discord.py has a new Guild object (kept presences of the old one are
+superseded), after an outage the guild was unavailable (its kept presences are forgotten then).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class HeldPresences:
         guild = raw.guild
         if guild is None:
             self._drop("unknown_guild")
+            return
+        if guild.unavailable:  # between READY and GUILD_CREATE, or an outage: GUILD_CREATE brings newer state
+            self._drop("guild_unavailable")
             return
         held = self._guilds.get(guild.id)
         if guild.get_member(raw.user_id) is not None:

@@ -492,7 +492,8 @@ class Writer:
                 "url": redacted(self._url),
             }
             if isinstance(exc, (asyncpg.PostgresError, *TRANSIENT_ERRORS, asyncpg.InterfaceError)):
-                log.warning("database_write_failed" if first else "database_still_failing", **fields)
+                emit = log.error if fields["permanent"] else log.warning  # permanent: an operator must act
+                emit("database_write_failed" if first else "database_still_failing", **fields)
             else:  # not the database's doing: a bug of ours, with its traceback
                 log.error("writer_flush_failed", **fields, exc_info=exc)
         if self._stopping and self._failures_in_a_row > 1:

@@ -23,6 +23,7 @@ class FakeMember:
 class FakeGuild:
     id: int
     members: dict[int, FakeMember] = field(default_factory=dict)
+    unavailable: bool = False
 
     def get_member(self, user_id: int) -> FakeMember | None:
         return self.members.get(user_id)
@@ -88,9 +89,10 @@ def test_drops_are_counted_by_reason() -> None:
     for user_id in (10, 11, 12):
         observe(held, guild, user_id, "online")
     observe(held, None, 13, "online")
+    observe(held, FakeGuild(2, unavailable=True), 14, "online")
     held.forget_member(1, 11)
     held.forget_guild(1)
-    assert held.dropped == {"bound": 1, "unknown_guild": 1, "guild_removed": 1}
+    assert held.dropped == {"bound": 1, "unknown_guild": 1, "guild_unavailable": 1, "guild_removed": 1}
     assert held.superseded == 1 and held.held == 0
 
 
