@@ -258,6 +258,7 @@ class Cluster:
             DZONE_DISCORD_GATEWAY_URL=self.sim.gateway_url,
             DZONE_GUILD_READY_TIMEOUT_S="0.1",
             DZONE_STATS_INTERVAL_S="0",
+            DZONE_INGEST_HTTP_PORT="0",  # no health port: shards and other test runs would share it
         )
         base.update(env)
         return IngestProcess(base, self.tmp_path / f"{name}.log")

@@ -39,6 +39,7 @@ class Fault:
     ingests: Callable[[Cluster], list[Ingest]] | None = None  # default: one in-process worker
     serves: int = 1
     needs_local_pg: bool = False  # restarts or reconfigures the PostgreSQL server itself
+    known_bug: str | None = None  # an ingest bug this case finds that is not fixed yet (strict xfail)
 
 
 async def counter_rises(c: Cluster, name: str, by: int = 1) -> None:
@@ -200,11 +201,21 @@ FAULTS = [
     Fault("black-hole", black_hole),
     Fault("heartbeat-interval", heartbeat_interval_change),
     Fault("bot-added", bot_added),
-    Fault("guild-outage", guild_outage),
+    Fault(
+        "guild-outage",
+        guild_outage,
+        known_bug="after an outage discord.py keeps its old member cache: members who left or went offline "
+        "meanwhile are not in a large guild's GUILD_CREATE, so the full sync writes them stale",
+    ),
     Fault("session-expiry", session_expiry),
     Fault("rest-errors-at-login", rest_errors_at_login, CONVERGE_BUDGET_AFTER_RESTART_S),
     Fault("slow-chunks", slow_chunks),
-    Fault("lost-chunk", lost_chunk),
+    Fault(
+        "lost-chunk",
+        lost_chunk,
+        known_bug="discord.py gives up on a missing chunk after 5 s and dispatches guild_available with a "
+        "partial member cache; the full sync then deletes every member it lacks",
+    ),
     Fault("close-4000", close_4000),
     Fault("close-4009", close_4009),
     Fault("dispatches-delayed", dispatches_delayed),
@@ -215,9 +226,19 @@ FAULTS = [
 ]
 
 
+CASES = [
+    pytest.param(
+        f,
+        id=f.name,
+        marks=[pytest.mark.xfail(strict=True, reason=f.known_bug)] if f.known_bug else [],
+    )
+    for f in FAULTS
+]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("fault", CASES)
 async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: str, tmp_path: Path) -> None:
     if fault.needs_local_pg and pg.local is None:
         pytest.skip("needs the embedded PostgreSQL (unset DATABASE_URL)")

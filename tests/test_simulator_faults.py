@@ -7,15 +7,77 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import discord
+import orjson
 import pytest
 
-from simulator import SimConfig, Simulator
-from simulator.rest import RestFault, rest_fault_response
+from simulator import InvalidValueError, SimConfig, Simulator
+from simulator.engine import Engine
+from simulator.gateway import INTENT_GUILDS, GatewayHub, Session
+from simulator.rest import RestApi, RestFault, rest_fault_response
+from simulator.scenario import WorldBuilder
 from simulator.testing import client_view, connected_client, truth_view, view_differences
+from tests.test_simulator_http import ALL_INTENTS
 from tests.waiting import wait_for
 
 EVENT_TIMEOUT = 15.0
 FAST_BEATS = SimConfig(guild_sizes=[60, 300], seed=21, heartbeat_interval_ms=300)
+
+
+def offline_world(**config: object) -> tuple[Engine, GatewayHub, Session]:
+    """The world, hub and engine of a simulator without sockets, and one session that records dispatches."""
+    cfg = SimConfig(**config)  # type: ignore[arg-type]
+    builder = WorldBuilder(cfg.seed)
+    world = builder.build(cfg)
+    hub = GatewayHub(cfg, world)
+    session = Session(shard_id=0, shard_count=1, intents=ALL_INTENTS, large_threshold=50, replay_limit=10_000)
+    hub.sessions[session.id] = session
+    return Engine(world, hub, builder), hub, session
+
+
+def events(session: Session) -> list[tuple[str, dict]]:
+    return [(p["t"], p["d"]) for p in (orjson.loads(frame) for _, frame in session.replay)]
+
+
+def test_an_outage_sends_one_guild_delete_then_nothing_until_the_current_guild_create() -> None:
+    engine, hub, session = offline_world(guild_sizes=[80, 10], seed=3)
+    guild_id, other_id = list(engine.world.guilds)
+    engine.start_outage(guild_id)
+    joined = engine.add_member(guild_id, username="unseen_joiner", status="online")
+    engine.rename_guild(guild_id, "Renamed unseen")
+    engine.set_presence(other_id, next(iter(engine.world.guilds[other_id].members)), "dnd")
+    assert events(session) == [
+        ("GUILD_DELETE", {"id": str(guild_id), "unavailable": True}),
+        ("PRESENCE_UPDATE", events(session)[1][1]),
+    ]
+    assert not hub.listening(guild_id, INTENT_GUILDS)
+    engine.end_outage(guild_id)
+    kind, create = events(session)[-1]
+    assert kind == "GUILD_CREATE" and create["unavailable"] is False and create["name"] == "Renamed unseen"
+    assert create["large"] and joined["user_id"] in {m["user"]["id"] for m in create["members"]}
+    with pytest.raises(InvalidValueError):
+        engine.end_outage(guild_id)
+
+
+def test_bot_added_sends_a_guild_create_without_unavailable() -> None:
+    engine, _, session = offline_world(guild_sizes=[5], seed=4)
+    added = engine.add_guild(30)
+    kind, create = events(session)[-1]
+    assert kind == "GUILD_CREATE" and "unavailable" not in create and create["id"] == added["guild_id"]
+    assert create["member_count"] == 30 and not create["large"] and len(create["members"]) == 30
+    with pytest.raises(InvalidValueError):
+        engine.add_guild(0)
+
+
+def test_rest_faults_are_validated_and_bounded() -> None:
+    engine, _, _ = offline_world(guild_sizes=[2])
+    rest = RestApi(SimConfig(), engine.world, engine)
+    assert rest.queue_faults([RestFault(503), RestFault(429, 0.5)]) == 2
+    for bad in (RestFault(404), RestFault(429, -1)):
+        with pytest.raises(InvalidValueError):
+            rest.queue_faults([bad])
+    with pytest.raises(InvalidValueError):
+        rest.queue_faults([RestFault(500)] * 99)
+    assert len(rest.faults) == 2  # nothing was queued by a refused request
 
 
 @pytest.fixture
