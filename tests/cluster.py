@@ -28,10 +28,11 @@ from websockets.exceptions import ConnectionClosed
 from ingest.worker import IngestWorker
 from serve import WebSocketServer
 from shared.feed import LISTENER_APPLICATION_NAME
-from shared.settings import IngestSettings, load
+from shared.settings import IngestSettings
 from simulator import SimConfig, Simulator
 from simulator.testing import SIM_TOKEN
 from tests.ingest_helpers import db_view, differences, truth_rows
+from tests.test_ingest_gateway import settings_for
 from tests.test_serve_support import Viewer, db_world, settings
 
 # The default world and churn (docs/faults.md): small enough for CI on 2 cores, busy enough to race.
@@ -49,19 +50,6 @@ STARTUP_TIMEOUT_S = 60.0
 
 # (fault, seconds to converge) of every case run in this session, for the terminal summary
 CONVERGENCE: list[tuple[str, float | None]] = []
-
-
-def ingest_settings(sim: Simulator, database_url: str, **overrides: Any) -> IngestSettings:
-    return load(
-        IngestSettings,
-        DISCORD_BOT_TOKEN=SIM_TOKEN,
-        DATABASE_URL=database_url,
-        discord_api_base=sim.api_base,
-        discord_gateway_url=sim.gateway_url,
-        guild_ready_timeout_s=0.1,
-        stats_interval_s=0,
-        **overrides,
-    )
 
 
 class InProcessIngest:
@@ -247,7 +235,7 @@ class Cluster:
     # -- the parts --------------------------------------------------------------------------------
 
     def in_process_ingest(self, **overrides: Any) -> InProcessIngest:
-        return InProcessIngest(ingest_settings(self.sim, self.database_url, **overrides))
+        return InProcessIngest(settings_for(self.sim, self.database_url, **overrides))
 
     def ingest_process(self, name: str, **env: str) -> IngestProcess:
         base = {k: v for k, v in os.environ.items() if k not in ("DISCORD_BOT_TOKEN", "DATABASE_URL")}
@@ -332,6 +320,13 @@ class Cluster:
             conn = await self.db()
             seen = await db_view(conn)
             problems = differences(truth, seen)
+            if problems:
+                wrong = sum(
+                    truth.get(sid, {}).get(uid) != seen.get(sid, {}).get(uid)
+                    for sid in set(truth) | set(seen)
+                    for uid in set(truth.get(sid, {})) | set(seen.get(sid, {}))
+                )
+                problems.insert(0, f"{wrong} rows differ from the truth")
             for viewer in self.viewers:
                 if problems:
                     break
