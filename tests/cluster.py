@@ -168,6 +168,14 @@ class LiveViewer:
         except ConnectionClosed:
             self.closed.set()
 
+    def failure(self) -> str | None:
+        """Why this viewer stopped reading (the serve closed it, or a frame it should not get), or None."""
+        reader = self._reader
+        if reader is None or not reader.done() or reader.cancelled():
+            return None
+        exc = reader.exception()
+        return f"viewer of {self.server_id}: " + (repr(exc) if exc else "closed by the serve")
+
     @property
     def world(self) -> dict[str, dict[str, Any]]:
         assert self.viewer is not None
@@ -281,7 +289,9 @@ class Cluster:
                 self.viewers.append(viewer)
 
     def failures(self) -> list[str]:
-        return [f for f in (i.failure() for i in self.ingests) if f]
+        """An ingest that died or a viewer that stopped: the case fails with this, whatever the rows say."""
+        parts: list[Ingest | LiveViewer] = [*self.ingests, *self.viewers]
+        return [f for f in (p.failure() for p in parts) if f]
 
     # -- churn ------------------------------------------------------------------------------------
 
