@@ -210,10 +210,6 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=16)
         await site.start()
-        if self.port == 0:  # tests ask for a free port: read back the one bound
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1]
         log.info("ingest_http_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:

@@ -7,8 +7,9 @@ whichever first) on one connection, one statement per batch. When PostgreSQL is 
 goes back into the pending state (unless something newer arrived), the task retries with backoff, and
 after a long outage it asks for a full sync of every guild. Every database error is retried (only a
 row the schema refuses is dropped, and counted); the first failure and then one line every
-``failure_log_interval_s`` say why, and :attr:`Writer.health` tells the readiness check. Guild-level work (full sync, rename,
-departure) runs before the live rows of the same flush, and supersedes older pending rows of that guild.
+``failure_log_interval_s`` say why, and :attr:`Writer.health` tells the readiness check. Guild-level
+work (full sync, rename, departure) runs before the live rows of the same flush, and supersedes older
+pending rows of that guild.
 """
 
 from __future__ import annotations
@@ -405,8 +406,8 @@ class Writer:
                 self._committed.notify_all()
 
     def _idle_wait(self) -> float:
-        if self._outage_started is not None:  # failing: retry on the backoff schedule, not the probe's
-            return self._backoff_delay()
+        if self._outage_started is not None:  # failing: the last attempt already waited its backoff
+            return 0.0
         return self.config.probe_interval_s
 
     async def _attempt(self, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
