@@ -21,6 +21,7 @@ from simulator.rest import RestFault
 from tests.cluster import (
     CONVERGE_BUDGET_AFTER_RESTART_S,
     CONVERGE_BUDGET_S,
+    SHOWN_WHEN_LATE_S,
     Cluster,
     Ingest,
     IngestProcess,
@@ -246,4 +247,6 @@ async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: 
     async with cluster(database_url, tmp_path, seed=seed, ingests=fault.ingests, serves=fault.serves) as c:
         await fault.script(c, pg)
         await c.churn()
-        await c.pause_and_converge(fault.name, fault.budget)
+        # a known bug is shown to be there as soon as it is sure: past the budget and some margin
+        give_up = fault.budget + 5 if fault.known_bug else SHOWN_WHEN_LATE_S
+        await c.pause_and_converge(fault.name, fault.budget, give_up)
