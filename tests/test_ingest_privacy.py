@@ -162,7 +162,7 @@ async def test_privacy_changes_take_effect_live_and_the_operator_override_works_
         await wait_for(lambda: stored_channels(conn, chat.gid), message="channel rows")
 
         # flipped private mid-stream (control route -> CHANNEL_UPDATE): the next message is not relayed.
-        # (A message that shares a flush with a later channel change is judged by the change: fail closed.)
+        # (A message sharing a flush with a later change of its channel follows the change: docs/ingest.md.)
         await chat.post(general, "before the flip")
         assert await chat.seen_until_marker() == [(str(ids[general]), "before the flip")]
         await chat.control(

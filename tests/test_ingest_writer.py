@@ -331,3 +331,30 @@ async def test_relay_needs_a_channel_row_that_says_so_and_a_new_channel_counts_i
         assert [m.message_id for m in feed.of(ChatMessage)] == ["21"]  # type: ignore[attr-defined]
     finally:
         await writer.close()
+
+
+async def test_refused_channel_rows_fail_closed(database_url: str, conn: asyncpg.Connection) -> None:
+    source = DictSource()
+    source.set_guild(G1, "g1", [], [ChannelRow(G1, "1", "general", True), ChannelRow(G1, "2", "chat", True)])
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        await conn.execute("UPDATE discord_channels SET relay = TRUE WHERE channel_id = '2'")
+        source.channel_sets[G1] = [
+            ChannelRow(G1, "1", "general", True),
+            ChannelRow(G1, "not-an-id", "x", True),
+        ]
+        writer.sync_channels(G1)
+        await writer.wait_idle()
+        records = await conn.fetch(
+            "SELECT channel_id, public, relay FROM discord_channels ORDER BY channel_id"
+        )
+        # nothing relays any more but what the operator chose; the worker goes on
+        assert [tuple(r) for r in records] == [("1", False, None), ("2", False, True)]
+        source.channel_sets[G1] = [ChannelRow(G1, "1", "general", True)]
+        writer.sync_channels(G1)
+        await writer.wait_idle()
+        assert await conn.fetchval("SELECT public FROM discord_channels WHERE channel_id = '1'") is True
+    finally:
+        await writer.close()
