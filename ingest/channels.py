@@ -122,8 +122,10 @@ def _overwrites(channel: discord.abc.GuildChannel) -> list[Overwrite]:
 def channel_is_public(channel: discord.abc.GuildChannel) -> bool:
     """The rule for a discord.py channel (from the cache: the guild's @everyone role and the overwrites)."""
     guild = channel.guild
+    everyone = guild.get_role(guild.id)  # missing from the cache: assume no base permissions
+    base = everyone.permissions.value if everyone is not None else 0
     nsfw = bool(getattr(channel, "nsfw", False))
-    return is_public(guild.id, guild.default_role.permissions.value, _overwrites(channel), nsfw)
+    return is_public(guild.id, base, _overwrites(channel), nsfw)
 
 
 def channel_rows(guild: discord.Guild) -> list[ChannelRow]:

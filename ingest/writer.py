@@ -407,7 +407,6 @@ class Writer:
                 if snapshot is not None:
                     snapshots[server_id] = snapshot
         channel_syncs, self._channel_syncs = self._channel_syncs, set()
-        channels = self._read_channels(channel_syncs)
         batch = self._take_batch()
         messages = self._take_messages()
         done: set[str] = set()
@@ -418,6 +417,7 @@ class Writer:
             for server_id, op in ops.items():
                 await self._apply_op(conn, server_id, op, snapshots.get(server_id))
                 done.add(server_id)
+            channels = self._read_channels(channel_syncs)
             if channel_syncs:
                 await self._write_channels(conn, channel_syncs, channels)
                 channel_syncs = set()
