@@ -89,7 +89,9 @@ class Engine:
         if not channel.takes_messages:
             raise InvalidValueError(f"channel {channel_id} is a category: it takes no messages")
         member = self.world.member(guild_id, user_id)
-        payload = message_payload(guild_id, channel_id, self.world.ids.next(), member, content)
+        payload = message_payload(
+            self.world.guild(guild_id), channel_id, self.world.ids.next(), member, content
+        )
         channel.messages.append(payload)
 
         def without_content(session: Session) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ read and mutate a :class:`World`; tests compare discord.py's cache against :meth
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -366,9 +367,17 @@ def guild_update_payload(guild: Guild) -> dict[str, Any]:
     return payload
 
 
+_USER_MENTION = re.compile(r"<@!?([0-9]{1,20})>")
+_ROLE_MENTION = re.compile(r"<@&([0-9]{1,20})>")
+
+
 def message_payload(
-    guild_id: int, channel_id: int, message_id: int, member: Member, content: str
+    guild: Guild, channel_id: int, message_id: int, member: Member, content: str
 ) -> dict[str, Any]:
+    """MESSAGE_CREATE's payload; like Discord, ``mentions`` carries the mentioned members (with ``member``)."""
+    guild_id = guild.id
+    mentioned = [guild.members[int(i)] for i in dict.fromkeys(_USER_MENTION.findall(content))
+                 if int(i) in guild.members]  # fmt: skip
     return {
         "id": str(message_id),
         "type": 0,
@@ -381,8 +390,10 @@ def message_payload(
         "edited_timestamp": None,
         "tts": False,
         "mention_everyone": False,
-        "mentions": [],
-        "mention_roles": [],
+        "mentions": [
+            {**user_payload(m.user), "member": member_payload(m, with_user=False)} for m in mentioned
+        ],
+        "mention_roles": [i for i in dict.fromkeys(_ROLE_MENTION.findall(content)) if int(i) in guild.roles],
         "attachments": [],
         "embeds": [],
         "pinned": False,

@@ -211,6 +211,9 @@ async def test_privacy_changes_take_effect_live_and_the_operator_override_works_
         created = await chat.control("channels/create", name="fresh")
         await chat.sim.send_message(chat.gid, int(created["id"]), chat.author, "in a brand-new channel")
         assert await chat.seen_until_marker() == [(created["id"], "in a brand-new channel")]
+        thread = await chat.control("channels/create", name="new-thread", type=11, parent_id=created["id"])
+        await chat.sim.send_message(chat.gid, int(thread["id"]), chat.author, "in a new thread")
+        assert await chat.seen_until_marker() == [(created["id"], "in a new thread")]
         await chat.control("channels/delete", channel_id=created["id"])
         await wait_for(
             lambda: conn.fetchval(
