@@ -8,6 +8,7 @@ order, so the forbidden one would have come before it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -176,8 +177,16 @@ async def test_privacy_changes_take_effect_live_and_the_operator_override_works_
         await chat.control("channels/update", channel_id=str(ids[general]), permission_overwrites=[])
         await chat.post(general, "public again")
         assert await chat.seen_until_marker() == [(str(ids[general]), "public again")]
+        started = time.monotonic()
         await chat.control("channels/update", channel_id=str(ids[general]), nsfw=True)
         await chat.post(general, "now nsfw")
+        await wait_for(
+            lambda: conn.fetchval(
+                "SELECT NOT public FROM discord_channels WHERE channel_id = $1", str(ids[general])
+            ),
+            message="NSFW channel no longer public",
+        )
+        print(f"channel made NSFW -> its row private in {(time.monotonic() - started) * 1000:.0f} ms")
         assert await chat.seen_until_marker() == []
 
         # the operator's override, both ways, from its commit
