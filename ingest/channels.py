@@ -145,26 +145,9 @@ def channel_rows(guild: discord.Guild) -> list[ChannelRow]:
     ]
 
 
-def rule_channel_of(
-    channel: discord.abc.GuildChannel | discord.Thread | discord.abc.Messageable,
-) -> discord.abc.GuildChannel | None:
-    """The channel whose row decides the relay: a public thread's parent, else the channel itself.
-
-    None for a private thread (invite-only: never public, whatever its parent) and for a thread whose
-    parent is not cached.
-    """
-    import discord
-
-    if isinstance(channel, discord.Thread):
-        if channel.type is discord.ChannelType.private_thread:
-            return None
-        return channel.parent
-    if isinstance(channel, discord.abc.GuildChannel):
-        return channel
-    return None
-
-
-def relay_channel_id(channel: discord.abc.Messageable | discord.Thread) -> int | None:
+def relay_channel_id(
+    channel: discord.abc.Messageable | discord.abc.GuildChannel | discord.Thread,
+) -> int | None:
     """The id of the channel whose row decides whether a message is relayed (and that the frame shows).
 
     A public thread's messages count as its parent channel's; a private thread's are never relayed (None).
@@ -192,7 +175,8 @@ def readable_message(message: discord.Message) -> str:
 
     def channel(channel_id: int) -> str | None:
         found = guild.get_channel_or_thread(channel_id)
-        rule_channel = rule_channel_of(found) if found is not None else None
+        rule_id = relay_channel_id(found) if found is not None else None
+        rule_channel = guild.get_channel(rule_id) if rule_id is not None else None
         if found is None or rule_channel is None or not channel_is_public(rule_channel):
             return None  # the name of a channel the public cannot see is not shown either
         return found.name
