@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from simulator.engine import UNSET
-from simulator.world import InvalidValueError, SimulatorError, UnknownObjectError
+from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
 
 if TYPE_CHECKING:
     from simulator.server import Simulator
@@ -53,6 +53,51 @@ def _roles(body: dict[str, Any]) -> list[int]:
     return [_snowflake({"role": r}, "role") for r in roles]
 
 
+def _bits(value: Any, what: str) -> int:
+    """A permission bit set: Discord sends them as decimal strings; a number is accepted too."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidValueError(f"{what} must be a permission bit set (a decimal string or a number)")
+    try:
+        bits = int(value)
+    except ValueError:
+        raise InvalidValueError(f"{what} must be a decimal permission bit set, not {value!r}") from None
+    if bits < 0:
+        raise InvalidValueError(f"{what} must not be negative")
+    return bits
+
+
+def _overwrites(body: dict[str, Any]) -> list[Overwrite]:
+    """``permission_overwrites`` in Discord's shape: [{"id", "type": 0 role / 1 member, "allow", "deny"}]."""
+    entries = body.get("permission_overwrites")
+    if not isinstance(entries, list):
+        raise InvalidValueError("permission_overwrites must be a list")
+    overwrites = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise InvalidValueError("each permission overwrite is an object")
+        kind = entry.get("type")
+        if kind not in (0, 1) or isinstance(kind, bool):
+            raise InvalidValueError("an overwrite's type is 0 (role) or 1 (member)")
+        overwrites.append(
+            Overwrite(
+                _snowflake(entry, "id"),
+                kind,
+                allow=_bits(entry.get("allow", "0"), "allow"),
+                deny=_bits(entry.get("deny", "0"), "deny"),
+            )
+        )
+    return overwrites
+
+
+def _optional_bool(body: dict[str, Any], key: str, default: Any) -> Any:
+    if key not in body:
+        return default
+    value = body[key]
+    if not isinstance(value, bool):
+        raise InvalidValueError(f"{key} must be true or false")
+    return value
+
+
 class ControlApi:
     """aiohttp handlers bound to one Simulator."""
 
@@ -70,6 +115,10 @@ class ControlApi:
             "members/remove": self.member_remove,
             "members/update": self.member_update,
             "roles/color": self.role_color,
+            "roles/permissions": self.role_permissions,
+            "channels/update": self.channel_update,
+            "channels/create": self.channel_create,
+            "channels/delete": self.channel_delete,
             "guilds/rename": self.guild_rename,
             "guilds/remove": self.guild_remove,
             "oauth/token": self.oauth_token,
@@ -166,6 +215,43 @@ class ControlApi:
         if not isinstance(color, int):
             raise InvalidValueError("color is required")
         await self.sim.set_role_color(_snowflake(body, "guild_id"), _snowflake(body, "role_id"), color)
+
+    async def role_permissions(self, body: dict[str, Any]) -> None:
+        permissions = _bits(body.get("permissions"), "permissions")
+        await self.sim.set_role_permissions(
+            _snowflake(body, "guild_id"), _snowflake(body, "role_id"), permissions
+        )
+
+    async def channel_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name", UNSET)
+        if name is not UNSET and not isinstance(name, str):
+            raise InvalidValueError("name must be a string")
+        return await self.sim.update_channel(
+            _snowflake(body, "guild_id"),
+            _snowflake(body, "channel_id"),
+            overwrites=_overwrites(body) if "permission_overwrites" in body else UNSET,
+            nsfw=_optional_bool(body, "nsfw", UNSET),
+            name=name,
+        )
+
+    async def channel_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidValueError("name is required")
+        kind = body.get("type", 0)
+        if not isinstance(kind, int) or isinstance(kind, bool):
+            raise InvalidValueError("type must be 0 (text), 4 (category) or 11 (public thread)")
+        return await self.sim.create_channel(
+            _snowflake(body, "guild_id"),
+            name,
+            type=kind,
+            parent_id=_snowflake(body, "parent_id") if body.get("parent_id") is not None else None,
+            overwrites=_overwrites(body) if "permission_overwrites" in body else (),
+            nsfw=_optional_bool(body, "nsfw", False),
+        )
+
+    async def channel_delete(self, body: dict[str, Any]) -> None:
+        await self.sim.delete_channel(_snowflake(body, "guild_id"), _snowflake(body, "channel_id"))
 
     async def guild_rename(self, body: dict[str, Any]) -> None:
         name = body.get("name")

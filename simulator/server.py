@@ -31,7 +31,7 @@ from simulator.scenario import (
     Traffic,
     WorldBuilder,
 )
-from simulator.world import SimulatorError
+from simulator.world import TEXT_CHANNEL, Overwrite, SimulatorError
 
 log = structlog.get_logger(__name__)
 
@@ -258,6 +258,39 @@ class Simulator:
 
     async def set_role_color(self, guild_id: int, role_id: int, color: int) -> None:
         self.engine.set_role_color(guild_id, role_id, color)
+
+    async def set_role_permissions(self, guild_id: int, role_id: int, permissions: int) -> None:
+        self.engine.set_role_permissions(guild_id, role_id, permissions)
+
+    async def update_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        overwrites: Sequence[Overwrite] = UNSET,
+        nsfw: bool = UNSET,
+        name: str = UNSET,
+    ) -> dict[str, Any]:
+        """Change a channel's permission overwrites / NSFW flag / name (CHANNEL_UPDATE); its truth entry."""
+        return self.engine.update_channel(guild_id, channel_id, overwrites=overwrites, nsfw=nsfw, name=name)
+
+    async def create_channel(
+        self,
+        guild_id: int,
+        name: str,
+        *,
+        type: int = TEXT_CHANNEL,
+        parent_id: int | None = None,
+        overwrites: Sequence[Overwrite] = (),
+        nsfw: bool = False,
+    ) -> dict[str, Any]:
+        """A new channel, category or thread (CHANNEL_CREATE / THREAD_CREATE); its truth entry."""
+        return self.engine.create_channel(
+            guild_id, name, type=type, parent_id=parent_id, overwrites=overwrites, nsfw=nsfw
+        )
+
+    async def delete_channel(self, guild_id: int, channel_id: int) -> None:
+        self.engine.delete_channel(guild_id, channel_id)
 
     async def rename_guild(self, guild_id: int, name: str) -> None:
         self.engine.rename_guild(guild_id, name)
