@@ -12,6 +12,7 @@ missed events instead, so it needs no sync.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +21,7 @@ import structlog
 
 from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
 from ingest.mapping import member_row
+from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
 
 log = structlog.get_logger(__name__)
@@ -70,10 +72,16 @@ class IngestClient(discord.AutoShardedClient):
             max_messages=None,  # we never look messages up again: no cache
             member_cache_flags=discord.MemberCacheFlags.from_intents(intents),
             status=discord.Status.invisible,
+            # every PRESENCE_UPDATE as a raw event first, so one for a member not cached yet is kept
+            enable_raw_presences=True,
         )
         self.include_bots = include_bots
         self.relay_messages = relay_messages
+        self.held_presences = HeldPresences()
+        self.event_counts: Counter[str] = Counter()  # dispatched events by name, for /metrics
+        self.shard_states: dict[int, str] = {}  # shard -> "connected" | "ready" | "disconnected"
         self._ingest_handlers: dict[str, Callable[..., None]] = {
+            "raw_presence_update": self.held_presences.observe,
             "presence_update": self._on_presence_update,
             "member_join": self._on_member_join,
             "member_update": self._on_member_update,
@@ -82,6 +90,7 @@ class IngestClient(discord.AutoShardedClient):
             "guild_available": self._on_guild_available,
             "guild_join": self._on_guild_available,
             "guild_remove": self._on_guild_remove,
+            "guild_unavailable": self._on_guild_unavailable,
             "guild_update": self._on_guild_update,
             "guild_role_update": self._on_guild_role_update,
             "guild_role_delete": self._on_guild_role_delete,
@@ -91,6 +100,8 @@ class IngestClient(discord.AutoShardedClient):
             "ready": self._on_ready,
             "shard_ready": self._on_shard_ready,
             "shard_resumed": self._on_shard_resumed,
+            "shard_connect": self._on_shard_connect,
+            "shard_disconnect": self._on_shard_disconnect,
         }
         if relay_messages:
             self._ingest_handlers["message"] = self._on_message
@@ -100,6 +111,7 @@ class IngestClient(discord.AutoShardedClient):
         guild = self.get_guild(int(server_id))
         if guild is None or guild.unavailable:
             return None
+        self.held_presences.apply_guild(guild)  # members chunked since their presence arrived
         include_bots = self.include_bots
         rows = [member_row(m) for m in guild.members if include_bots or not m.bot]
         return GuildSnapshot(guild.name, rows)
@@ -120,6 +132,7 @@ class IngestClient(discord.AutoShardedClient):
 
     # --- dispatch -------------------------------------------------------------------------------------
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        self.event_counts[event] += 1
         handler = self._ingest_handlers.get(event)
         if handler is not None:
             try:
@@ -151,12 +164,14 @@ class IngestClient(discord.AutoShardedClient):
             self._put(after)
 
     def _on_member_join(self, member: discord.Member) -> None:
+        self.held_presences.apply_member(member)  # its presence may have come first
         self._put(member)
 
     def _on_member_update(self, before: discord.Member, after: discord.Member) -> None:
         self._put(after)
 
     def _on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
+        self.held_presences.forget_member(payload.guild_id, payload.user.id)
         self.writer.remove(str(payload.guild_id), str(payload.user.id))
 
     def _on_user_update(self, before: discord.User, after: discord.User) -> None:
@@ -171,7 +186,12 @@ class IngestClient(discord.AutoShardedClient):
 
     def _on_guild_remove(self, guild: discord.Guild) -> None:
         log.info("guild_removed", server_id=guild.id)
+        self.held_presences.forget_guild(guild.id)
         self.writer.depart_guild(str(guild.id))
+
+    def _on_guild_unavailable(self, guild: discord.Guild) -> None:
+        log.info("guild_unavailable", server_id=guild.id)  # an outage: GUILD_CREATE follows, then a sync
+        self.held_presences.forget_guild(guild.id, superseded=True)
 
     def _on_guild_update(self, before: discord.Guild, after: discord.Guild) -> None:
         if before.name != after.name:
@@ -218,10 +238,19 @@ class IngestClient(discord.AutoShardedClient):
         self.writer.reconcile(str(guild.id) for guild in self.guilds)
 
     def _on_shard_ready(self, shard_id: int) -> None:
+        self.shard_states[shard_id] = "ready"
         log.info("shard_ready", shard=shard_id)
 
     def _on_shard_resumed(self, shard_id: int) -> None:
+        self.shard_states[shard_id] = "ready"
         log.info("shard_resumed", shard=shard_id)
+
+    def _on_shard_connect(self, shard_id: int) -> None:
+        self.shard_states[shard_id] = "connected"  # READY received; guilds are still being chunked
+
+    def _on_shard_disconnect(self, shard_id: int) -> None:
+        self.shard_states[shard_id] = "disconnected"
+        log.info("shard_disconnected", shard=shard_id)
 
 
 def _context(args: tuple[Any, ...]) -> dict[str, Any]:

@@ -136,3 +136,20 @@ USERS_DELETE_SERVER = "DELETE FROM discord_users WHERE server_id = $1"
 # Servers the database believes the bot is in (the worker keeps those of its own shards).
 SERVERS_PRESENT = "SELECT server_id FROM discord_servers WHERE departed_at IS NULL"
 COUNT_SERVER_USERS = "SELECT count(*) FROM discord_users WHERE server_id = $1"
+
+# The writer's idle check: the server answers and takes writes (a standby after a failover does not).
+PROBE_READ_ONLY = "SELECT pg_is_in_recovery()"
+
+# One row per shard of this process, refreshed every few seconds; rows silent for a day are removed.
+HEARTBEAT = """
+WITH expired AS (
+    DELETE FROM ingest_heartbeat WHERE updated_at < now() - interval '1 day'
+)
+INSERT INTO ingest_heartbeat AS h
+    (instance, shard_id, shard_count, state, latency_ms, pending_rows, started_at, updated_at)
+SELECT $1, s.shard_id, $2, s.state, s.latency_ms, $3, $4, now()
+FROM unnest($5::int[], $6::text[], $7::real[]) AS s(shard_id, state, latency_ms)
+ON CONFLICT (instance, shard_id) DO UPDATE
+    SET shard_count = EXCLUDED.shard_count, state = EXCLUDED.state, latency_ms = EXCLUDED.latency_ms,
+        pending_rows = EXCLUDED.pending_rows, started_at = EXCLUDED.started_at, updated_at = now()
+"""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+from datetime import UTC, datetime
 
 import discord
 import structlog
 
 from ingest.fairness import install_cooperative_yield
 from ingest.gateway import IngestClient
+from ingest.health import HealthServer, shard_heartbeat
 from ingest.writer import Writer, WriterConfig
 from shared.db import redacted
 from shared.settings import IngestSettings
@@ -62,8 +66,24 @@ class IngestWorker:
             shard_ids=settings.shard_ids,
             guild_ready_timeout=settings.guild_ready_timeout_s,
         )
-        self.writer = Writer(settings.database_url, self.client, writer_config(settings))
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+        started_at = datetime.now(UTC)
+        self.writer = Writer(
+            settings.database_url,
+            self.client,
+            writer_config(settings),
+            heartbeat=lambda: shard_heartbeat(self.client, instance, started_at),
+        )
         self.client.writer = self.writer
+        self.health: HealthServer | None = None
+        if settings.ingest_http_port:
+            self.health = HealthServer(
+                self.client,
+                self.writer,
+                host=settings.ingest_http_host,
+                port=settings.ingest_http_port,
+                pending_rows_max=settings.ready_max_pending_rows,
+            )
         self._runner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -80,6 +100,14 @@ class IngestWorker:
             include_bots=settings.include_bots,
             relay_messages=settings.relay_messages,
         )
+        if self.health is not None:
+            try:
+                await self.health.start()
+            except OSError as exc:
+                raise IngestError(
+                    f"cannot listen on {self.health.host}:{self.health.port} for /healthz, /readyz, /metrics "
+                    f"(DZONE_INGEST_HTTP_PORT): {exc}"
+                ) from exc
         self.writer.start()
         self._runner = asyncio.create_task(
             self.client.start(settings.discord_bot_token.get_secret_value()), name="discord-client"
@@ -92,6 +120,11 @@ class IngestWorker:
             raise RuntimeError("the worker was not started")
         return self._runner
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Every task the worker needs: the discord.py client's and the writer's."""
+        return [self.runner, *self.writer.tasks]
+
     async def stop(self) -> bool:
         """Disconnect from Discord, then commit what is pending; True when nothing was left behind."""
         await self.client.close()
@@ -99,6 +132,8 @@ class IngestWorker:
             with contextlib.suppress(asyncio.CancelledError, discord.DiscordException, OSError):
                 await asyncio.wait_for(self._runner, timeout=10)
         flushed = await self.writer.close(timeout=self.settings.shutdown_flush_timeout_s)
+        if self.health is not None:
+            await self.health.stop()
         log.info(
             "ingest_stopped",
             flushed=flushed,
@@ -108,22 +143,44 @@ class IngestWorker:
         return flushed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (signals) or the client fails; always stop cleanly."""
+        """Run until ``stop`` is set (signals) or one of the worker's tasks ends; always stop cleanly.
+
+        A task that ends on its own is a failure (the client gave up, the writer died): it is logged and
+        raised as :class:`IngestError`, so the process exits non-zero and a supervisor restarts it.
+        """
         await self.start()
         stop_wait = asyncio.create_task(stop.wait())
+        ended: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait({self.runner, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({*self.tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            ended = next((task for task in self.tasks if task in done), None)
         finally:
             stop_wait.cancel()
-            failure = None
-            if self.runner.done() and not self.runner.cancelled():
-                failure = self.runner.exception()
+            failure: BaseException | None = None
+            if ended is not None:
+                failure = _task_failure(ended)
+                log.error(
+                    "ingest_task_ended",
+                    task=ended.get_name(),
+                    error=f"{type(failure).__name__}: {failure}",
+                    exc_info=failure if failure.__traceback__ is not None else None,
+                )
             await self.stop()
         if failure is not None:
-            raise _explain(failure) from failure
+            raise _explain(failure, ended) from failure
 
 
-def _explain(exc: BaseException) -> IngestError:
+def _task_failure(task: asyncio.Task[None]) -> BaseException:
+    """Why a task that should run forever ended."""
+    if task.cancelled():
+        return asyncio.CancelledError(f"task {task.get_name()} was cancelled")
+    exc = task.exception()
+    if exc is not None:
+        return exc
+    return RuntimeError(f"task {task.get_name()} returned")
+
+
+def _explain(exc: BaseException, task: asyncio.Task[None] | None = None) -> IngestError:
     if isinstance(exc, discord.LoginFailure):
         return IngestError("Discord refused DISCORD_BOT_TOKEN (login failed)")
     if isinstance(exc, discord.PrivilegedIntentsRequired):
@@ -131,4 +188,6 @@ def _explain(exc: BaseException) -> IngestError:
             "the bot lacks privileged intents: enable SERVER MEMBERS and PRESENCE (and MESSAGE CONTENT when "
             "relaying chat) in the developer portal"
         )
+    if task is not None and task.get_name() != "discord-client":
+        return IngestError(f"the ingest task {task.get_name()} ended: {type(exc).__name__}: {exc}")
     return IngestError(f"the Discord client stopped: {type(exc).__name__}: {exc}")

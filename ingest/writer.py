@@ -5,22 +5,28 @@ kept per (server, user), so the queue is bounded by the number of members, never
 and the latest state wins. One task commits batches (``batch_max_rows`` rows or ``batch_max_delay_s``,
 whichever first) on one connection, one statement per batch. When PostgreSQL is unreachable the batch
 goes back into the pending state (unless something newer arrived), the task retries with backoff, and
-after a long outage it asks for a full sync of every guild. Guild-level work (full sync, rename,
-departure) runs before the live rows of the same flush, and supersedes older pending rows of that guild.
-Channel rows (the relay rule's input) are re-read per guild and written after the guild work and before
-the chat of the same flush, so a message is judged by its channel as the gateway last described it.
+after a long outage it asks for a full sync of every guild. Every database error is retried (only a
+row the schema refuses is dropped, and counted); the first failure and then one line every
+``failure_log_interval_s`` say why, and :attr:`Writer.health` tells the readiness check. Guild-level
+work (full sync, rename, departure) runs before the live rows of the same flush, and supersedes older
+pending rows of that guild. Channel rows (the relay rule's input) are re-read per guild and written
+after the guild work and before the chat of the same flush, so a message is judged by its channel as
+the gateway last described it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
+import math
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
@@ -46,6 +52,25 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+# The server refused one row's data: that row is dropped (logged, counted), its neighbours written.
+ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+
+# Errors an operator has to fix (credentials, pg_hba, a missing database or schema, privileges): the
+# writer keeps retrying, but reports them as permanent so the ingest shows as not ready.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # pg_hba reject, bad password (28P01 is a subclass)
+    asyncpg.InvalidCatalogNameError,  # the database does not exist
+    asyncpg.InvalidSchemaNameError,
+    asyncpg.SyntaxOrAccessError,  # permission denied, a missing table or function (not migrated)
+    asyncpg.ReadOnlySQLTransactionError,  # a standby, or default_transaction_read_only
+)
+
+# Upper bounds (seconds) of the commit latency histogram's buckets.
+COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class GuildSnapshot(NamedTuple):
     """A guild as the gateway cache has it right now: its name and every member's row."""
@@ -70,6 +95,15 @@ class GuildSource(Protocol):
         """Every channel of the guild with its relay default, or None when the guild is not seen."""
 
 
+class Heartbeat(NamedTuple):
+    """This process and the state of each of its shards, written to ``ingest_heartbeat``."""
+
+    instance: str
+    shard_count: int | None
+    started_at: datetime
+    shards: list[tuple[int, str, float | None]]  # shard id, state, gateway latency in ms
+
+
 class ChatLine(NamedTuple):
     """A chat message to announce (never stored)."""
 
@@ -92,8 +126,11 @@ class WriterConfig:
     connect_timeout_s: float = 5.0
     command_timeout_s: float = 60.0
     backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
+    backoff_max_s: float = 2.0  # also the longest wait before a recovered database is used again
     stats_interval_s: float = 10.0
+    failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
+    probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
+    heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
 
 
 @dataclass
@@ -104,14 +141,30 @@ class WriterStats:
     rows_committed: int = 0
     batches: int = 0
     full_syncs: int = 0
+    resyncs: int = 0  # bulk changes announced as one resync instead of row events
     messages_relayed: int = 0
     messages_dropped: int = 0
     messages_withheld: int = 0  # not relayed: server or channel not relayed, or an unknown channel
     rows_rejected: int = 0
     reconnects: int = 0
+    failures: int = 0  # failed attempts to write (or probe) since start
+    outage_s_total: float = 0.0  # finished outages; Writer.health has the current one
+    commit_buckets: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS_S) + 1))
+    commit_seconds_sum: float = 0.0
     commit_latency: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     event_latency: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+@dataclass(frozen=True)
+class WriterHealth:
+    """Whether the last database attempt worked, and if not why, since when, and whether it is permanent."""
+
+    database_ok: bool
+    error: str | None = None
+    permanent: bool = False
+    outage_s: float = 0.0
+    failures_in_a_row: int = 0
 
 
 class _Op(NamedTuple):
@@ -133,8 +186,16 @@ def percentile(samples: Iterable[float], fraction: float) -> float:
 class Writer:
     """Owns the pending state and the one task that writes it to PostgreSQL."""
 
-    def __init__(self, database_url: str, source: GuildSource, config: WriterConfig | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        source: GuildSource,
+        config: WriterConfig | None = None,
+        heartbeat: Callable[[], Heartbeat | None] | None = None,
+    ) -> None:
         self._url = database_url
+        self._heartbeat = heartbeat
+        self._last_heartbeat = -math.inf
         self._source = source
         self.config = config or WriterConfig()
         self.stats = WriterStats()
@@ -149,6 +210,10 @@ class Writer:
         self._stopping = False
         self._conn: asyncpg.Connection | None = None
         self._outage_started: float | None = None
+        self._failures_in_a_row = 0
+        self._last_error: BaseException | None = None
+        self._last_failure_log = 0.0
+        self._connected_once = False
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._committed = asyncio.Condition()
@@ -237,6 +302,11 @@ class Writer:
         self._wake.set()
 
     @property
+    def pending_messages(self) -> int:
+        """Chat lines waiting to be announced."""
+        return len(self._messages)
+
+    @property
     def pending_rows(self) -> int:
         """Rows waiting to be committed (after coalescing)."""
         return self._n_pending
@@ -251,6 +321,30 @@ class Writer:
             or self._reconcile is not None
             or self._flushing
         )
+
+    @property
+    def health(self) -> WriterHealth:
+        """The database side of the readiness check."""
+        if self._outage_started is None:
+            return WriterHealth(database_ok=self._connected_once)
+        exc = self._last_error
+        return WriterHealth(
+            database_ok=False,
+            error=_describe(exc) if exc is not None else "not connected yet",
+            permanent=isinstance(exc, PERMANENT_ERRORS),
+            outage_s=time.monotonic() - self._outage_started,
+            failures_in_a_row=self._failures_in_a_row,
+        )
+
+    @property
+    def running(self) -> bool:
+        """The writing task was started and has not ended."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The writer's tasks, for the worker to watch: none of them may end while the worker runs."""
+        return [task for task in (self._task, self._stats_task) if task is not None]
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -267,7 +361,9 @@ class Writer:
         self._full.set()
         flushed = True
         pending_at_close = not self.idle()
-        if self._task is not None:
+        if self._task is not None and self._task.done():
+            flushed = self.idle()  # the task died earlier (the worker reports why): nothing more is written
+        elif self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
@@ -311,86 +407,136 @@ class Writer:
                     self._closed = True
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+                if self.idle() and not self._stopping:
+                    await self._attempt(self._probe)  # no work for a while: is the database still there?
                 continue
             if not self._stopping and not self._ops and self._n_pending < self.config.batch_max_rows:
                 # Batch window: a few ms or a full batch, whichever first.
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.config.batch_max_delay_s)
-            conn = await self._connection()
             self._flushing = True
             try:
-                await self._flush(conn)
-            except TRANSIENT_ERRORS as exc:
-                await self._lost_connection(exc)
-            except asyncpg.InterfaceError as exc:
-                if not conn.is_closed():
-                    await self._unexpected(exc)
-                else:
-                    await self._lost_connection(exc)
-            except Exception as exc:  # noqa: BLE001 - a bug: logged with traceback, work kept, task lives
-                await self._unexpected(exc)
+                await self._attempt(self._flush)
             finally:
                 self._flushing = False
             async with self._committed:
                 self._committed.notify_all()
 
-    async def _unexpected(self, exc: BaseException) -> None:
-        log.error(
-            "writer_flush_failed",
-            error=f"{type(exc).__name__}: {exc}",
-            pending_rows=self._n_pending,
-            exc_info=exc,
-        )
-        await asyncio.sleep(self.config.backoff_max_s)  # the work was put back; do not spin on a bug
+    def _idle_wait(self) -> float:
+        if self._outage_started is not None:  # failing: the last attempt already waited its backoff
+            return 0.0
+        return self.config.probe_interval_s
 
-    async def _lost_connection(self, exc: BaseException) -> None:
-        if self._outage_started is None:
-            self._outage_started = time.monotonic()
-        log.warning(
-            "database_write_failed", error=f"{type(exc).__name__}: {exc}", pending_rows=self._n_pending
+    async def _attempt(self, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        """Run ``work`` on the connection (opened if needed); on any error log, back off, and return."""
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await self._connection()
+            await work(conn)
+            await self._maybe_heartbeat(conn)
+        except Exception as exc:  # noqa: BLE001 - every error is retried; _failed logs it with its reason
+            await self._failed(exc, conn)
+            return
+        self._succeeded()
+
+    async def _maybe_heartbeat(self, conn: asyncpg.Connection) -> None:
+        interval = self.config.heartbeat_interval_s
+        if self._heartbeat is None or interval <= 0 or time.monotonic() - self._last_heartbeat < interval:
+            return
+        beat = self._heartbeat()
+        if beat is None:  # the shards are not known yet
+            return
+        ids, states, latencies = (
+            (list(column) for column in zip(*beat.shards, strict=True)) if beat.shards else ([], [], [])
         )
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
+        await conn.execute(
+            queries.HEARTBEAT,
+            beat.instance,
+            beat.shard_count,
+            self._n_pending,
+            beat.started_at,
+            ids,
+            states,
+            latencies,
+        )
+        self._last_heartbeat = time.monotonic()
+
+    async def _probe(self, conn: asyncpg.Connection) -> None:
+        if await conn.fetchval(queries.PROBE_READ_ONLY):
+            raise asyncpg.ReadOnlySQLTransactionError("the database is in recovery (read-only)")
+
+    def _succeeded(self) -> None:
+        self._connected_once = True
+        if self._outage_started is None:
+            return
+        outage = time.monotonic() - self._outage_started
+        self._outage_started = None
+        self._failures_in_a_row = 0
+        self._last_error = None
+        self.stats.reconnects += 1
+        self.stats.outage_s_total += outage
+        log.info("database_recovered", outage_s=round(outage, 2), pending_rows=self._n_pending)
+        if outage >= self.config.resync_after_outage_s:
+            # Anything may have changed (an operator restore, a failover): re-read every guild.
+            for server_id in self._source.server_ids():
+                if server_id not in self._ops:
+                    self._ops[server_id] = _Op("sync")
+                self._channel_syncs.add(server_id)
+            self._wake.set()
+
+    async def _failed(self, exc: Exception, conn: asyncpg.Connection | None) -> None:
+        """Keep the work (already put back), log the reason the first time and then periodically, back off."""
+        now = time.monotonic()
+        first = self._outage_started is None
+        started = self._outage_started = now if self._outage_started is None else self._outage_started
+        changed = type(exc) is not type(self._last_error)
+        self._last_error = exc
+        self._failures_in_a_row += 1
+        self.stats.failures += 1
+        server_answered = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, TRANSIENT_ERRORS)
+        if conn is not None and (conn.is_closed() or not server_answered):
+            conn.terminate()  # lost, or in an unknown state: the next attempt opens a new one
+            if self._conn is conn:
+                self._conn = None
+        delay = self._backoff_delay()
+        if first or changed or now - self._last_failure_log >= self.config.failure_log_interval_s:
+            self._last_failure_log = now
+            fields: dict[str, Any] = {
+                "error": _describe(exc),
+                "permanent": isinstance(exc, PERMANENT_ERRORS),
+                "outage_s": round(now - started, 2),
+                "attempts": self._failures_in_a_row,
+                "retry_in_s": round(delay, 2),
+                "pending_rows": self._n_pending,
+                "url": redacted(self._url),
+            }
+            if isinstance(exc, (asyncpg.PostgresError, *TRANSIENT_ERRORS, asyncpg.InterfaceError)):
+                emit = log.error if fields["permanent"] else log.warning  # permanent: an operator must act
+                emit("database_write_failed" if first else "database_still_failing", **fields)
+            else:  # not the database's doing: a bug of ours, with its traceback
+                log.error("writer_flush_failed", **fields, exc_info=exc)
+        if self._stopping and self._failures_in_a_row > 1:
+            delay = min(delay, self.config.backoff_initial_s)  # close() bounds the time left
+        await asyncio.sleep(delay)
+
+    def _backoff_delay(self) -> float:
+        exponent = min(max(self._failures_in_a_row - 1, 0), 30)
+        delay = min(self.config.backoff_initial_s * 2**exponent, self.config.backoff_max_s)
+        return delay * random.uniform(0.8, 1.2)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        delay = self.config.backoff_initial_s
-        while True:
-            try:
-                self._conn = await asyncpg.connect(
-                    self._url,
-                    timeout=self.config.connect_timeout_s,
-                    command_timeout=self.config.command_timeout_s,
-                )
-            except TRANSIENT_ERRORS as exc:
-                if self._outage_started is None:
-                    self._outage_started = time.monotonic()
-                log.warning(
-                    "database_unreachable",
-                    url=redacted(self._url),
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_s=round(delay, 2),
-                    pending_rows=self._n_pending,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.config.backoff_max_s)
-                continue
-            if self._outage_started is not None:
-                outage = time.monotonic() - self._outage_started
-                self._outage_started = None
-                self.stats.reconnects += 1
-                log.info("database_reconnected", outage_s=round(outage, 2), pending_rows=self._n_pending)
-                if outage >= self.config.resync_after_outage_s:
-                    # Anything may have changed (an operator restore, a failover): re-read every guild.
-                    for server_id in self._source.server_ids():
-                        if server_id not in self._ops:
-                            self._ops[server_id] = _Op("sync")
-                        self._channel_syncs.add(server_id)
-            return self._conn
+        self._conn = None
+        self._conn = await asyncpg.connect(
+            self._url,
+            timeout=self.config.connect_timeout_s,
+            command_timeout=self.config.command_timeout_s,
+        )
+        return self._conn
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
         """Take everything due, write it; on a transient error put back what was not written."""
@@ -497,9 +643,7 @@ class Writer:
         started = time.monotonic()
         try:
             await conn.execute(queries.WRITE_MEMBERS, *_columns(upserts, 5), *_columns(deletes, 2))
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except ROW_ERRORS as exc:
             # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
             log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(stamps))
             await self._write_one_by_one(conn, upserts, deletes)
@@ -508,6 +652,8 @@ class Writer:
         self.stats.rows_committed += len(stamps)
         self.stats.batch_sizes.append(len(stamps))
         self.stats.commit_latency.append(finished - started)
+        self.stats.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS_S, finished - started)] += 1
+        self.stats.commit_seconds_sum += finished - started
         self.stats.event_latency.extend(finished - stamp for stamp in stamps)
 
     async def _write_one_by_one(
@@ -518,9 +664,7 @@ class Writer:
         for rows, pairs in items:
             try:
                 await conn.execute(queries.WRITE_MEMBERS, *_columns(rows, 5), *_columns(pairs, 2))
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, TRANSIENT_ERRORS):
-                    raise
+            except ROW_ERRORS as exc:
                 self.stats.rows_rejected += 1
                 log.error(
                     "row_rejected",
@@ -546,9 +690,7 @@ class Writer:
         """Make the channel rows of these guilds equal ``rows`` in one statement (``relay`` untouched)."""
         try:
             await conn.execute(queries.WRITE_CHANNELS, *_columns(rows, 4), sorted(server_ids))
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except ROW_ERRORS as exc:
             # Fail closed: the stored rows may be stale, so no chat of these guilds is relayed (unless an
             # operator set relay) until a later channel event writes them again.
             log.error(
@@ -562,9 +704,7 @@ class Writer:
     async def _write_messages(self, conn: asyncpg.Connection, messages: list[ChatLine]) -> None:
         try:
             status = await conn.execute(queries.RELAY_MESSAGES, *_columns(messages, 5))
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except ROW_ERRORS as exc:
             log.error("messages_rejected", error=f"{type(exc).__name__}: {exc}", messages=len(messages))
             return
         relayed = int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
@@ -584,9 +724,7 @@ class Writer:
                 await self._depart(conn, server_id)
             elif op.kind == "rename":
                 await conn.execute(queries.SERVER_RENAME, server_id, op.name)
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except ROW_ERRORS as exc:
             log.error(
                 "guild_write_rejected", server_id=server_id, op=op.kind, error=f"{type(exc).__name__}: {exc}"
             )
@@ -612,6 +750,7 @@ class Writer:
                 await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
                 if bulk:
                     await conn.execute(queries.NOTIFY_RESYNC, server_id)
+                    self.stats.resyncs += 1
         self.stats.full_syncs += 1
         log.info(
             "full_sync",
@@ -632,6 +771,7 @@ class Writer:
             await conn.execute(queries.USERS_DELETE_SERVER, server_id)
             if bulk:
                 await conn.execute(queries.NOTIFY_RESYNC, server_id)
+                self.stats.resyncs += 1
         log.info("guild_departed", server_id=server_id, members_deleted=members)
 
     async def _apply_reconcile(
@@ -671,3 +811,10 @@ def _columns(rows: list[Any], width: int) -> list[list[str]]:
     if not rows:
         return [[] for _ in range(width)]
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, with PostgreSQL's SQLSTATE when the server sent one."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = f"{type(exc).__name__}: {exc}"
+    return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text

@@ -12,14 +12,23 @@ from shared.settings import ConfigError, ServeSettings, load
 
 
 @click.command()
-@click.option("--host", default=None, help="Address to bind (default DZONE_HOST or 127.0.0.1).")
 @click.option(
-    "--port", type=int, default=None, help="Port for HTTP and WebSocket (default DZONE_PORT or 3000)."
+    "--host", default=None, envvar="DZONE_HOST", show_envvar=True, help="Address to bind (default 127.0.0.1)."
+)
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    envvar="DZONE_PORT",
+    show_envvar=True,
+    help="Port for HTTP and WebSocket (default 3000).",
 )
 @click.option(
     "--static-dir",
     type=click.Path(path_type=Path),
     default=None,
+    envvar="DZONE_STATIC_DIR",
+    show_envvar=True,
     help="Serve this directory (a d-zone build) at / instead of the built-in status page.",
 )
 def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:

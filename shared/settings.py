@@ -7,6 +7,7 @@ Each process loads the class it needs with :func:`load`, which turns validation 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -16,6 +17,23 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
+
+
+def split_list(value: object) -> object:
+    """A list setting from the environment: ``0``, ``a,b`` or JSON ``[0, 1]`` (other values pass through)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"not a JSON list ({exc.msg} at {exc.pos}); or write a,b without brackets"
+            ) from None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class _Base(BaseSettings):
@@ -52,6 +70,9 @@ class DiscordSettings(_Base):
     discord_gateway_url: str | None = None
 
 
+DEFAULT_INGEST_HTTP_PORT = 8081
+
+
 class IngestSettings(DatabaseSettings, DiscordSettings):
     """Settings of ``dzone ingest``."""
 
@@ -60,7 +81,7 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     relay_messages: bool = True
     # Sharding: None = every shard (shard_count None: the count Discord recommends).
     shard_count: int | None = Field(default=None, ge=1)
-    shard_ids: Annotated[list[int], NoDecode] | None = None  # DZONE_SHARD_IDS=0,2
+    shard_ids: Annotated[list[int] | None, NoDecode] = None  # DZONE_SHARD_IDS=0,2 (or 0, or [0,2])
     guild_ready_timeout_s: float = Field(default=2.0, ge=0)  # discord.py's wait for GUILD_CREATEs
     batch_max_rows: int = Field(default=2000, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
@@ -69,13 +90,13 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     message_queue_max: int = Field(default=10_000, ge=1)
     stats_interval_s: float = Field(default=10.0, ge=0)  # 0 = no periodic rate log
     shutdown_flush_timeout_s: float = Field(default=10.0, gt=0)
+    # /healthz, /readyz, /metrics: None = the command's default (DEFAULT_INGEST_HTTP_PORT for
+    # `dzone ingest`, off for IngestWorker used as a library); 0 = off.
+    ingest_http_port: int | None = Field(default=None, ge=0, le=65535)
+    ingest_http_host: str = "127.0.0.1"
+    ready_max_pending_rows: int = Field(default=100_000, ge=1)  # /readyz is 503 with this many pending
 
-    @field_validator("shard_ids", mode="before")
-    @classmethod
-    def _split_shard_ids(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _shard_ids = field_validator("shard_ids", mode="before")(split_list)
 
     @field_validator("discord_bot_token")
     @classmethod
@@ -99,7 +120,7 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
     snapshot_max_users: int = Field(default=2000, ge=1)
     message_max_chars: int = Field(default=300, ge=1, le=2000)
-    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
     ping_interval_s: float = Field(default=20.0, gt=0)
     ping_timeout_s: float = Field(default=20.0, gt=0)
     oauth_timeout_s: float = Field(default=5.0, gt=0)
@@ -112,6 +133,8 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     listener_probe_timeout_s: float = Field(default=3.0, gt=0)
     listener_backoff_max_s: float = Field(default=5.0, gt=0)
     pool_max_size: int = Field(default=5, ge=1)
+
+    _origins = field_validator("allowed_origins", mode="before")(split_list)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -40,6 +40,15 @@ ORDER BY backend_start
 """
 
 QUEUE_USAGE_SQL = "SELECT pg_notification_queue_usage() AS usage"
+
+# Each ingest process refreshes one row per shard every few seconds (ingest/queries.py HEARTBEAT).
+INGEST_SHARDS_SQL = """
+SELECT instance, shard_id, shard_count, state, latency_ms, pending_rows,
+       extract(epoch FROM now() - updated_at)::float8 AS seen_s_ago
+FROM ingest_heartbeat
+ORDER BY shard_id, updated_at DESC
+"""
+STALE_HEARTBEAT_S = 30.0  # a shard silent this long is shown as stale (its process is gone or stuck)
 
 
 class StatusError(Exception):
@@ -76,12 +85,26 @@ class ListenerRow:
 
 
 @dataclass(frozen=True)
+class IngestShardRow:
+    """One shard of one ingest process, as its last heartbeat said."""
+
+    instance: str
+    shard_id: int
+    shard_count: int | None
+    state: str
+    latency_ms: float | None
+    pending_rows: int
+    seen_s_ago: float
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything ``dzone status`` shows."""
 
     servers: list[ServerRow]
     listeners: list[ListenerRow]
     queue_usage: float
+    ingest_shards: list[IngestShardRow] = field(default_factory=list)
 
 
 async def read_status(url: str, *, op_timeout_s: float = 10.0) -> Status:
@@ -95,11 +118,13 @@ async def read_status(url: str, *, op_timeout_s: float = 10.0) -> Status:
         listener_rows = await conn.fetch(LISTENERS_SQL, timeout=op_timeout_s)
         listeners = [ListenerRow(**dict(row)) for row in listener_rows]
         usage = float(await conn.fetchval(QUEUE_USAGE_SQL, timeout=op_timeout_s))
+        shard_rows = await conn.fetch(INGEST_SHARDS_SQL, timeout=op_timeout_s)
+        ingest_shards = [IngestShardRow(**dict(row)) for row in shard_rows]
     except asyncpg.UndefinedTableError:
         raise StatusError("the database has no dzone schema yet: run `dzone migrate`") from None
     finally:
         await conn.close()
-    return Status(servers=servers, listeners=listeners, queue_usage=usage)
+    return Status(servers=servers, listeners=listeners, queue_usage=usage, ingest_shards=ingest_shards)
 
 
 def _when(value: datetime | None) -> str:
@@ -195,6 +220,25 @@ def render(status: Status) -> str:
         )
     else:
         sections.append("Feed listeners (0)\n(no serve process is listening on the change feed)")
+    if status.ingest_shards:
+        rows = [
+            [
+                str(sh.shard_id),
+                "-" if sh.shard_count is None else str(sh.shard_count),
+                sh.instance,
+                sh.state if sh.seen_s_ago < STALE_HEARTBEAT_S else f"stale ({sh.state})",
+                "-" if sh.latency_ms is None else f"{sh.latency_ms:.0f}",
+                str(sh.pending_rows),
+                f"{sh.seen_s_ago:.0f}",
+            ]
+            for sh in status.ingest_shards
+        ]
+        sections.append(
+            f"Ingest shards ({len(status.ingest_shards)})\n"
+            + table(["shard", "of", "instance", "state", "latency ms", "pending", "seen s ago"], rows)
+        )
+    else:
+        sections.append("Ingest shards (0)\n(no ingest has reported: is it running?)")
     sections.append(f"NOTIFY queue usage: {status.queue_usage * 100:.4f}% (pg_notification_queue_usage)")
     return "\n\n".join(sections)
 

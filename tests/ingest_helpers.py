@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 
 import asyncpg
@@ -117,3 +118,10 @@ def differences(truth: dict, seen: dict, limit: int = 5) -> list[str]:
             if t.get(uid) != s.get(uid):
                 out.append(f"{sid}/{uid}: truth={t.get(uid)} db={s.get(uid)}")
     return out[:limit]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a process's own HTTP port in tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

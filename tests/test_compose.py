@@ -14,7 +14,14 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from shared.cli import main
-from shared.settings import ConfigError, DatabaseSettings, IngestSettings, ServeSettings, load
+from shared.settings import (
+    DEFAULT_INGEST_HTTP_PORT,
+    ConfigError,
+    DatabaseSettings,
+    IngestSettings,
+    ServeSettings,
+    load,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -160,6 +167,9 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     assert serve["command"][serve["command"].index("--host") + 1] == "0.0.0.0"
     assert f":{port}/readyz" in " ".join(serve["healthcheck"]["test"])
     assert all(str(mapping).endswith(f":{port}") for mapping in serve["ports"])
+    ingest = services["ingest"]
+    ingest_port = ingest["environment"].get("DZONE_INGEST_HTTP_PORT", DEFAULT_INGEST_HTTP_PORT)
+    assert f"127.0.0.1:{ingest_port}/readyz" in " ".join(ingest["healthcheck"]["test"])
 
 
 def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any]]) -> None:

@@ -8,10 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 from simulator import SimConfig, Simulator
-from tests.ingest_helpers import db_view, differences, truth_rows
+from tests.ingest_helpers import db_view, differences, free_port, truth_rows
 from tests.waiting import wait_for
 
 TOKEN = "very-secret-bot-token-123"
@@ -49,11 +50,17 @@ async def test_sigterm_flushes_and_exits_cleanly(database_url: str, conn: asyncp
             DZONE_GUILD_READY_TIMEOUT_S="0.1",
             DZONE_LOG_LEVEL="debug",
             DZONE_BATCH_MAX_DELAY_MS="200",
+            DZONE_SHARD_COUNT="1",
+            DZONE_SHARD_IDS="0",  # one value, not a list: one shard per process
+            DZONE_INGEST_HTTP_PORT=str(port := free_port()),
         )
-        proc = await _dzone("ingest", "--shard-count", "1", env=env)
+        proc = await _dzone("ingest", env=env)
         try:
             await wait_for(
                 lambda: conn.fetchval("SELECT count(*) > 0 FROM discord_users"), timeout=30, message="rows"
+            )
+            await wait_for(
+                lambda: _status(f"http://127.0.0.1:{port}/readyz", 200), timeout=30, message="ready"
             )
             sim.pause()  # no new events: after SIGTERM the table must equal the truth exactly
             proc.send_signal(signal.SIGTERM)
@@ -67,3 +74,8 @@ async def test_sigterm_flushes_and_exits_cleanly(database_url: str, conn: asyncp
         assert "ingest_stopped" in log and "flushed=True" in log
         assert TOKEN not in log
         assert not differences(truth_rows(sim.state()), await db_view(conn))
+
+
+async def _status(url: str, expected: int) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        return resp.status == expected

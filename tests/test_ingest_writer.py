@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow
 from ingest.writer import Writer, WriterConfig
+from shared.db import migrate
 from shared.feed import ChatMessage, ServerChanged, ServerResync, UserDeleted, UserUpserted
 from tests.ingest_helpers import DictSource, FeedRecorder, expected_rows, make_rows, table_rows
-from tests.pg import PgServer
+from tests.pg import PgServer, with_database
 from tests.waiting import wait_for
 
 G1, G2 = "111", "222"
@@ -358,3 +361,38 @@ async def test_refused_channel_rows_fail_closed(database_url: str, conn: asyncpg
         assert await conn.fetchval("SELECT public FROM discord_channels WHERE channel_id = '1'") is True
     finally:
         await writer.close()
+
+
+async def test_missing_schema_is_permanent_retried_and_recovers(pg: PgServer) -> None:
+    name = f"unmigrated_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg.admin_url, timeout=10)
+    await admin.execute(f"CREATE DATABASE {name}")  # no tables: an operator forgot `dzone migrate`
+    url = with_database(pg.admin_url, name)
+    source = DictSource()
+    rows = make_rows(G1, 20)
+    source.set_guild(G1, "g", rows)
+    try:
+        with capture_logs() as logs:
+            writer = make_writer(url, source, backoff_initial_s=0.05, backoff_max_s=0.2)
+            try:
+                writer.sync_guild(G1)
+                await wait_for(lambda: writer.stats.failures >= 5, timeout=10, message="retries")
+                health = writer.health
+                assert not health.database_ok and health.permanent, health
+                assert health.error is not None and "UndefinedTable" in health.error
+                await asyncio.to_thread(migrate, url)
+                await writer.wait_idle(timeout=10)
+                assert writer.health.database_ok
+            finally:
+                await writer.close()
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            assert await table_rows(conn, G1) == expected_rows(rows)
+        finally:
+            await conn.close()
+        failures = [e for e in logs if e["event"] in ("database_write_failed", "database_still_failing")]
+        assert 1 <= len(failures) < writer.stats.failures, "every failure logged: a tight log loop"
+        assert any(e["event"] == "database_recovered" for e in logs)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -10,7 +10,15 @@ from shared.settings import ConfigError, DatabaseSettings, IngestSettings, Serve
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
-    for name in ("DATABASE_URL", "DISCORD_BOT_TOKEN", "DZONE_PORT", "DZONE_LOG_LEVEL"):
+    for name in (
+        "DATABASE_URL",
+        "DISCORD_BOT_TOKEN",
+        "DZONE_PORT",
+        "DZONE_LOG_LEVEL",
+        "DZONE_SHARD_IDS",
+        "DZONE_ALLOWED_ORIGINS",
+        "DZONE_INGEST_HTTP_PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -47,3 +55,46 @@ def test_token_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "super-secret-token")
     settings = load(IngestSettings)
     assert "super-secret-token" not in repr(settings) and "super-secret-token" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", [0]), ("0,2", [0, 2]), (" 1 , 3 ", [1, 3]), ("[0, 1]", [0, 1]), ("[]", [])]
+)
+def test_shard_ids_take_one_value_a_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[int]
+) -> None:
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "t")
+    monkeypatch.setenv("DZONE_SHARD_IDS", value)
+    assert load(IngestSettings).shard_ids == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://a.example", ["https://a.example"]),
+        ("https://a.example,https://b.example", ["https://a.example", "https://b.example"]),
+        ('["https://a.example", "https://b.example"]', ["https://a.example", "https://b.example"]),
+    ],
+)
+def test_allowed_origins_take_one_value_a_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("DZONE_ALLOWED_ORIGINS", value)
+    assert load(ServeSettings).allowed_origins == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [("[0,", "not a JSON list"), ("zero", "valid integer"), ("[[0]]", "valid integer")]
+)
+def test_bad_list_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "t")
+    monkeypatch.setenv("DZONE_SHARD_IDS", value)
+    with pytest.raises(ConfigError, match=f"DZONE_SHARD_IDS: .*{problem}"):
+        load(IngestSettings)
+
+
+def test_list_settings_accept_lists_from_code() -> None:
+    assert load(IngestSettings, DISCORD_BOT_TOKEN="t", shard_ids=[1]).shard_ids == [1]
+    assert load(ServeSettings, allowed_origins=["https://a.example"]).allowed_origins == ["https://a.example"]

@@ -125,3 +125,20 @@ def test_table_aligns_columns() -> None:
     assert lines[0] == "name        n"
     assert lines[2] == "a          10"
     assert lines[3] == "long name   2"
+
+
+async def test_status_shows_ingest_shards_and_marks_silent_ones_stale(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO ingest_heartbeat
+            (instance, shard_id, shard_count, state, latency_ms, pending_rows, started_at, updated_at)
+        VALUES ('host-a:1', 0, 2, 'ready', 41.5, 3, now(), now()),
+               ('host-b:2', 1, 2, 'ready', NULL, 0, now(), now() - interval '5 minutes')
+        """
+    )
+    output = await asyncio.to_thread(_run_status, database_url)
+    assert "Ingest shards (2)" in output
+    assert _line_of(output, "host-a:1")[:6] == ["0", "2", "host-a:1", "ready", "42", "3"]
+    assert _line_of(output, "host-b:2")[3:5] == ["stale", "(ready)"]
