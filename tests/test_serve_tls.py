@@ -125,9 +125,7 @@ async def test_encrypted_key_and_minimum_version(database_url, conn, tmp_path):
     async with running(database_url, **overrides) as server:
         assert await asyncio.to_thread(handshake_serial, server.port, ca) == pair.serial
         with pytest.raises(ssl.SSLError):
-            await asyncio.to_thread(
-                handshake_serial, server.port, ca, maximum_version=ssl.TLSVersion.TLSv1_2
-            )
+            await asyncio.to_thread(handshake_serial, server.port, ca, maximum_version=ssl.TLSVersion.TLSv1_2)
 
 
 def _bad_pairs(tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]:
@@ -141,15 +139,27 @@ def _bad_pairs(tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]:
     garbage.write_text("not a certificate\n")
     missing = tmp_path / "missing.pem"
     return {
-        "missing cert": (tls_settings(ServerPair(missing, good.key_file, 0)), f"DZONE_TLS_CERT_FILE {missing}"),
-        "cert is a directory": (tls_settings(ServerPair(tmp_path, good.key_file, 0)), f"CERT_FILE {tmp_path}"),
-        "missing key": (tls_settings(ServerPair(good.cert_file, missing, 0)), f"DZONE_TLS_KEY_FILE {missing}"),
+        "missing cert": (
+            tls_settings(ServerPair(missing, good.key_file, 0)),
+            f"DZONE_TLS_CERT_FILE {missing}",
+        ),
+        "cert is a directory": (
+            tls_settings(ServerPair(tmp_path, good.key_file, 0)),
+            f"CERT_FILE {tmp_path}",
+        ),
+        "missing key": (
+            tls_settings(ServerPair(good.cert_file, missing, 0)),
+            f"DZONE_TLS_KEY_FILE {missing}",
+        ),
         "garbage cert": (tls_settings(ServerPair(garbage, good.key_file, 0)), f"CERT_FILE {garbage}: no PEM"),
         "key given as cert": (
             tls_settings(ServerPair(good.key_file, good.key_file, 0)),
             f"DZONE_TLS_CERT_FILE {good.key_file}",
         ),
-        "garbage key": (tls_settings(ServerPair(good.cert_file, garbage, 0)), f"KEY_FILE {garbage}: no usable"),
+        "garbage key": (
+            tls_settings(ServerPair(good.cert_file, garbage, 0)),
+            f"KEY_FILE {garbage}: no usable",
+        ),
         "mismatched": (
             tls_settings(ServerPair(good.cert_file, other.key_file, 0)),
             f"DZONE_TLS_KEY_FILE {other.key_file}: does not match the certificate in {good.cert_file}",
