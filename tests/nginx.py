@@ -24,12 +24,13 @@ from tests.serve_process import free_port, http_status
 RECIPE = Path(__file__).resolve().parent.parent / "deploy" / "nginx-dzone.conf"
 
 
-def render_recipe(https_port: int, http_port: int, upstream_port: int, pair: ServerPair) -> str:
+def render_recipe(https_port: int, http_port: int, upstream_ports: list[int], pair: ServerPair) -> str:
     text = RECIPE.read_text()
+    upstreams = "".join(f"    server 127.0.0.1:{port};\n" for port in upstream_ports)
     swaps = {
         "    listen 443 ssl;\n": f"    listen 127.0.0.1:{https_port} ssl;\n",
         "    listen 80;\n": f"    listen 127.0.0.1:{http_port};\n",
-        "    server 127.0.0.1:3000 max_fails=0;\n": f"    server 127.0.0.1:{upstream_port} max_fails=0;\n",
+        "    server 127.0.0.1:3000;\n": upstreams,
         "/etc/letsencrypt/live/dzone.example.org/fullchain.pem;": f"{pair.cert_file};",
         "/etc/letsencrypt/live/dzone.example.org/privkey.pem;": f"{pair.key_file};",
     }
@@ -74,7 +75,7 @@ class Nginx:
 
 @contextmanager
 def nginx_in_front(
-    upstream_port: int, pair: ServerPair, prefix: Path, ca_context: ssl.SSLContext
+    upstream_ports: list[int], pair: ServerPair, prefix: Path, ca_context: ssl.SSLContext
 ) -> Iterator[Nginx]:
     """nginx (foreground, by PID) serving the recipe on a free loopback port, ready when it answers."""
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -85,7 +86,7 @@ def nginx_in_front(
         pytest.skip(reason)
     prefix.mkdir(parents=True, exist_ok=True)
     https_port, http_port = free_port(), free_port()
-    (prefix / "dzone.conf").write_text(render_recipe(https_port, http_port, upstream_port, pair))
+    (prefix / "dzone.conf").write_text(render_recipe(https_port, http_port, upstream_ports, pair))
     (prefix / "nginx.conf").write_text(_main_config(prefix))
     command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
     checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)

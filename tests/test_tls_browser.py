@@ -50,6 +50,6 @@ def test_live_view_through_the_nginx_recipe(database_url: str, tmp_path: Path) -
     pair = ca.issue()
     with (
         serve_process(database_url, tmp_path) as serve,
-        nginx_in_front(serve.port, pair, tmp_path / "nginx", ca.client_context()) as proxy,
+        nginx_in_front([serve.port], pair, tmp_path / "nginx", ca.client_context()) as proxy,
     ):
         _page_draws_members(proxy.base, ca, visible)
