@@ -52,6 +52,17 @@ def handshake_serial(port: int, ca: LocalCA, **context_options: Any) -> int:
         return peer_serial(tls.getpeercert(binary_form=True))
 
 
+def certbot_live(live: Path, pair: ServerPair) -> ServerPair:
+    """certbot's layout: live/*.pem are symlinks into archive/, switched atomically on renewal."""
+    live.mkdir(exist_ok=True)
+    for target in (pair.cert_file, pair.key_file):
+        link = live / target.name
+        staged = live / f".{target.name}.new"
+        staged.symlink_to(target)
+        os.replace(staged, link)
+    return ServerPair(live / pair.cert_file.name, live / pair.key_file.name, pair.serial)
+
+
 async def test_http_and_websocket_share_the_tls_port(database_url, conn, tmp_path):
     ca = LocalCA(tmp_path)
     pair = ca.issue()
@@ -75,21 +86,21 @@ async def test_http_and_websocket_share_the_tls_port(database_url, conn, tmp_pat
 
 async def test_renewal_reaches_new_handshakes_and_keeps_viewers(database_url, conn, tmp_path):
     ca = LocalCA(tmp_path)
-    first = ca.issue()
+    first = ca.issue("archive1")
+    live = certbot_live(tmp_path / "live", first)
     await add_server(conn, A, is_default=True)
     await add_users(conn, A, USERS)
-    overrides = tls_settings(first, tls_reload_interval_s=0.05)
+    overrides = tls_settings(live, tls_reload_interval_s=0.05)
     async with running(database_url, **overrides) as server, wss_viewer(server, ca) as viewer:
         assert server.tls is not None
         await viewer.expect("server-list")
         await viewer.join()
         assert await asyncio.to_thread(handshake_serial, server.port, ca) == first.serial
 
-        # certbot renews: new files in place of the old ones (new key, new serial)
-        renewed = ca.issue("renewed")
+        # certbot renews: new files in archive/, then live/'s links switched (new key, new serial)
+        renewed = ca.issue("archive2")
         started = time.monotonic()
-        os.replace(renewed.key_file, first.key_file)
-        os.replace(renewed.cert_file, first.cert_file)
+        certbot_live(tmp_path / "live", renewed)
 
         async def renewed_in_use() -> bool:
             return await asyncio.to_thread(handshake_serial, server.port, ca) == renewed.serial
@@ -103,10 +114,10 @@ async def test_renewal_reaches_new_handshakes_and_keeps_viewers(database_url, co
         assert frame["data"]["status"] == "idle"
 
         # a broken renewal (truncated certificate, then a key of another pair) is logged, the pair kept
-        first.cert_file.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")
+        live.cert_file.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")
         await wait_for(lambda: server.tls is not None and server.tls.failures == 1, message="1st failure")
         other = ca.issue("other")
-        first.cert_file.write_bytes(other.cert_file.read_bytes())  # the key is still the renewed one
+        live.cert_file.write_bytes(other.cert_file.read_bytes())  # the key is still the renewed one
         await wait_for(lambda: server.tls is not None and server.tls.failures == 2, message="2nd failure")
         assert await asyncio.to_thread(handshake_serial, server.port, ca) == renewed.serial
         assert server.tls.reloads == 1
