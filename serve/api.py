@@ -263,6 +263,7 @@ class WebSocketServer:
             await self._closed.wait()
             return
         self._closing = True
+        self._drain_over.set()  # a drain in progress has nothing left to wait for
         if self._tls_task is not None:
             self._tls_task.cancel()
             await asyncio.gather(self._tls_task, return_exceptions=True)
@@ -319,6 +320,7 @@ class WebSocketServer:
         """First SIGTERM/SIGINT drains (``DZONE_DRAIN_S``); the next one ends the drain at once."""
         if self._drain_task is None:
             self._drain_task = asyncio.create_task(self.drain(self.settings.drain_s))
+            self._drain_task.add_done_callback(lambda _task: self._closed.set())  # even if it failed
         else:
             self.end_drain()
 
@@ -333,6 +335,8 @@ class WebSocketServer:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if self._drain_task is not None:
+            await self._drain_task  # a shutdown that failed ends the process with its error
         log.info("stopped")
 
     # ------------------------------------------------------------ readiness

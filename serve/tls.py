@@ -51,6 +51,15 @@ def _check_readable(path: Path, variable: str) -> None:
         raise CertificateError(f"{variable} {path}: {exc.strerror or exc}") from None
 
 
+def _looks_encrypted(path: Path) -> bool:
+    """PKCS#8 "ENCRYPTED PRIVATE KEY" or a traditional key's "Proc-Type: 4,ENCRYPTED" header."""
+    try:
+        with path.open("rb") as handle:
+            return b"ENCRYPTED" in handle.read(4096)
+    except OSError:
+        return False
+
+
 def _reason(exc: ssl.SSLError) -> str:
     return str(exc.reason or exc.strerror or exc)
 
@@ -74,18 +83,23 @@ def build_context(files: CertificateFiles) -> ssl.SSLContext:
         raise CertificateError(
             f"DZONE_TLS_CERT_FILE {files.cert_file}: no PEM certificate in it ({_reason(exc)})"
         ) from None
+    except OSError as exc:  # replaced or removed since the first look
+        raise CertificateError(f"DZONE_TLS_CERT_FILE {files.cert_file}: {exc.strerror or exc}") from None
     try:
-        context.load_cert_chain(files.cert_file, files.key_file, password=password or None)
+        # Always a callback: without one OpenSSL would prompt on the terminal for an encrypted key.
+        context.load_cert_chain(files.cert_file, files.key_file, password=lambda: password or b"")
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             why = f"does not match the certificate in {files.cert_file}"
-        elif exc.reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ") or password is not None:
+        elif password is None and _looks_encrypted(files.key_file):
+            why = "is encrypted: set DZONE_TLS_KEY_PASSWORD_FILE"
+        elif password is not None:
             why = f"cannot be decrypted with DZONE_TLS_KEY_PASSWORD_FILE ({_reason(exc)})"
         else:
             why = f"no usable PEM private key in it ({_reason(exc)})"
         raise CertificateError(f"DZONE_TLS_KEY_FILE {files.key_file}: {why}") from None
     except OSError as exc:
-        raise CertificateError(f"DZONE_TLS_CERT_FILE {files.cert_file}: {exc}") from None
+        raise CertificateError(f"DZONE_TLS_KEY_FILE {files.key_file}: {exc.strerror or exc}") from None
     return context
 
 

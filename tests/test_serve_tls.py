@@ -179,6 +179,10 @@ def _bad_pairs(tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]:
             tls_settings(encrypted, tls_key_password_file=str(wrong)),
             f"DZONE_TLS_KEY_FILE {encrypted.key_file}: cannot be decrypted",
         ),
+        "encrypted without a password": (
+            tls_settings(encrypted),
+            f"DZONE_TLS_KEY_FILE {encrypted.key_file}: is encrypted: set DZONE_TLS_KEY_PASSWORD_FILE",
+        ),
         "missing password file": (
             tls_settings(encrypted, tls_key_password_file=str(missing)),
             f"DZONE_TLS_KEY_PASSWORD_FILE {missing}",
