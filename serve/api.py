@@ -452,6 +452,7 @@ class WebSocketServer:
         return {
             "version": self.version,
             "ready": ready,
+            "draining": self.draining,
             "connections": len(hub.sessions) if hub else 0,
             "uptime_s": round(time.time() - self._started_at),
             "servers": servers,

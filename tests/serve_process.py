@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -31,6 +33,13 @@ def http_status(url: str, context: ssl.SSLContext | None = None) -> int | None:
         return int(error.code)
     except (urllib.error.URLError, OSError):
         return None
+
+
+def status_json(base: str) -> dict[str, Any]:
+    """The serve's /api/status (servers, connections, draining)."""
+    with urllib.request.urlopen(f"{base}/api/status", timeout=5) as answer:
+        result: dict[str, Any] = json.load(answer)
+        return result
 
 
 @dataclass

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import signal
-import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.certs import LocalCA
 from tests.nginx import nginx_in_front
-from tests.serve_process import http_status, serve_process
+from tests.serve_process import http_status, serve_process, status_json
 from tests.test_serve_support import Viewer, add_server, add_users
 from tests.waiting import wait_for
 
@@ -71,8 +69,7 @@ async def test_wss_through_the_nginx_recipe(database_url: str, tmp_path: Path) -
 
 
 def _connections(base: str) -> int:
-    with urllib.request.urlopen(f"{base}/api/status", timeout=5) as answer:
-        return int(json.load(answer)["connections"])
+    return int(status_json(base)["connections"])
 
 
 async def test_a_draining_replica_behind_the_recipe(database_url: str, tmp_path: Path) -> None:
