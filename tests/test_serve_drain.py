@@ -135,3 +135,28 @@ async def test_the_drain_ends_when_the_last_viewer_leaves(database_url: str, tmp
             left = time.monotonic()
         assert await exit_code(serve, 30) == 0
         print(f"exited {time.monotonic() - left:.2f}s after the last viewer left")
+
+
+async def test_a_third_signal_drops_sockets_that_do_not_answer_the_close(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A client that never answers the close handshake would hold the exit for websockets' close timeout."""
+    await seed(database_url)
+    with serve_process(database_url, tmp_path, {"DZONE_DRAIN_S": "600"}) as serve:
+        reader, writer = await asyncio.open_connection("127.0.0.1", serve.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101"), head  # from now on it reads nothing and answers nothing
+        serve.process.send_signal(signal.SIGTERM)
+        await readyz_turns_503(serve)
+        serve.process.send_signal(signal.SIGTERM)  # ends the drain: the close handshake starts, unanswered
+        await wait_for(lambda: "drained" in serve.output(), message="the drain to end")
+        third = time.monotonic()
+        serve.process.send_signal(signal.SIGTERM)
+        assert await exit_code(serve, 30) == 0
+        print(f"exited {time.monotonic() - third:.2f}s after the third signal")
+        assert "closing_abruptly" in serve.output()
+        writer.close()
