@@ -7,6 +7,7 @@ registered callback replaces its default, so the d-back guide's provider example
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from serve.limits import AddressCounter
 from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
+from serve.tls import CertificateError, CertificateFiles, ReloadingContext
 from shared import db
 from shared.settings import ServeSettings, load
 
@@ -98,6 +100,11 @@ class WebSocketServer:
         self._hub: Hub | None = None
         self._closed = asyncio.Event()
         self._closing = False
+        self._draining = False
+        self._drain_over = asyncio.Event()  # a second signal, or the last viewer left
+        self._drain_task: asyncio.Task[None] | None = None
+        self.tls: ReloadingContext | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self.version = _version()
 
@@ -167,9 +174,27 @@ class WebSocketServer:
     def needs_database(self) -> bool:
         return self._callbacks.server_data is None or self._callbacks.user_data is None
 
+    def _load_tls(self) -> None:
+        """Read the certificate pair before anything else, so a bad one fails the start at once."""
+        s = self.settings
+        if not (s.tls_cert_file and s.tls_key_file):
+            return
+        files = CertificateFiles(
+            Path(s.tls_cert_file),
+            Path(s.tls_key_file),
+            Path(s.tls_key_password_file) if s.tls_key_password_file else None,
+            s.tls_min_version,
+            s.tls_ciphers,
+        )
+        try:
+            self.tls = ReloadingContext(files)
+        except CertificateError as exc:
+            raise ServeError(f"TLS: {exc}") from None
+
     async def open(self) -> None:
         """Connect, read the server list, start the relay and listen; returns once serving."""
         s = self.settings
+        self._load_tls()
         pool = None
         if self.needs_database:
             if not s.database_url:
@@ -218,11 +243,15 @@ class WebSocketServer:
                 s.slow_viewer_grace_s, self.metrics.slow_viewers_dropped.inc
             ),
             server_header=None,
+            ssl=self.tls.context if self.tls else None,
         )
+        if self.tls is not None:
+            self._tls_task = asyncio.create_task(self.tls.watch(s.tls_reload_interval_s))
         log.info(
             "serving",
             host=s.host,
             port=self.port,
+            tls=self.tls is not None,
             static_dir=str(self.static_dir),
             database=bool(pool),
             callbacks=[k for k, v in vars(self._callbacks).items() if v],
@@ -234,6 +263,10 @@ class WebSocketServer:
             await self._closed.wait()
             return
         self._closing = True
+        self._drain_over.set()  # a drain in progress has nothing left to wait for
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            await asyncio.gather(self._tls_task, return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -255,17 +288,55 @@ class WebSocketServer:
     async def stop(self) -> None:
         await self.close()
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new sockets and answer /readyz 503, serve open viewers up to ``seconds``, then close.
+
+        The wait ends early when the last viewer has left or :meth:`end_drain` is called.
+        """
+        if not self._draining and not self._closing:
+            self._draining = True
+            viewers = len(self._hub.sessions) if self._hub else 0
+            log.info("draining", seconds=seconds, viewers=viewers)
+            if viewers == 0:
+                self._drain_over.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_over.wait(), seconds)
+            log.info("drained", viewers_left=len(self._hub.sessions) if self._hub else 0)
+        await self.close()
+
+    def end_drain(self) -> None:
+        """Stop waiting: close viewers now (with 1001); when already closing, drop what is left."""
+        if self._closing and self._hub is not None:
+            log.warning("closing_abruptly", sockets=len(self._hub.sessions))
+            for ws in list(self._hub.sessions):
+                ws.transport.abort()
+        self._drain_over.set()
+
+    def _on_signal(self) -> None:
+        """First SIGTERM/SIGINT drains (``DZONE_DRAIN_S``); the next one ends the drain at once."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self.drain(self.settings.drain_s))
+            self._drain_task.add_done_callback(lambda _task: self._closed.set())  # even if it failed
+        else:
+            self.end_drain()
+
     async def run_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        """Serve until SIGTERM or SIGINT, drain the open viewers, then shut down gracefully."""
         loop = asyncio.get_running_loop()
         await self.open()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
+            loop.add_signal_handler(sig, self._on_signal)
         try:
             await self._closed.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if self._drain_task is not None:
+            await self._drain_task  # a shutdown that failed ends the process with its error
         log.info("stopped")
 
     # ------------------------------------------------------------ readiness
@@ -273,6 +344,8 @@ class WebSocketServer:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = the listener is connected (when there is one) and no data source is failing."""
         problems: dict[str, Any] = {}
+        if self._draining or self._closing:
+            problems["draining"] = "shutting down: send new viewers to another replica"
         if self._listener is not None and not self._listener.connected:
             problems["listener"] = self._listener.last_error or "disconnected"
         if self._hub is not None:
@@ -289,6 +362,8 @@ class WebSocketServer:
             await self._hub.handle(ws)
         finally:
             self._addresses.remove(address)
+            if self._draining and not self._hub.sessions:
+                self._drain_over.set()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if http.is_upgrade(request):
@@ -309,6 +384,9 @@ class WebSocketServer:
         assert self._hub is not None
         s = self.settings
         address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if self._draining:
+            self.metrics.refused.inc()
+            return http.text_response(503, "Server is restarting\n", extra={"Retry-After": "5"})
         if self._hub.directory is None:
             self.metrics.refused.inc()
             return http.text_response(503, "Server list not loaded yet\n", extra={"Retry-After": "5"})
@@ -374,6 +452,7 @@ class WebSocketServer:
         return {
             "version": self.version,
             "ready": ready,
+            "draining": self.draining,
             "connections": len(hub.sessions) if hub else 0,
             "uptime_s": round(time.time() - self._started_at),
             "servers": servers,

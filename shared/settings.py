@@ -11,7 +11,7 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -133,6 +133,25 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     listener_probe_timeout_s: float = Field(default=3.0, gt=0)
     listener_backoff_max_s: float = Field(default=5.0, gt=0)
     pool_max_size: int = Field(default=5, ge=1)
+    # Native TLS (serve/tls.py): HTTP and WebSocket on the same port; the pair is re-read when the files
+    # change (certbot renewals), checked every TLS_RELOAD_INTERVAL_S.
+    tls_cert_file: str | None = None  # PEM chain, leaf first (certbot's fullchain.pem)
+    tls_key_file: str | None = None
+    tls_key_password_file: str | None = None  # for an encrypted key; the file holds the password
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2 (1.3 suites are OpenSSL's)
+    tls_reload_interval_s: float = Field(default=60.0, gt=0)
+    # Restarts (docs/deploy.md): on SIGTERM /readyz turns 503 and new sockets are refused, open viewers are
+    # served this long (or until they have all left), then closed with 1001. 0 = close at once.
+    drain_s: float = Field(default=120.0, ge=0)
+
+    @model_validator(mode="after")
+    def _tls_pair_complete(self) -> ServeSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("DZONE_TLS_CERT_FILE and DZONE_TLS_KEY_FILE must be set together")
+        if self.tls_key_password_file and not self.tls_key_file:
+            raise ValueError("DZONE_TLS_KEY_PASSWORD_FILE needs DZONE_TLS_KEY_FILE")
+        return self
 
     _origins = field_validator("allowed_origins", mode="before")(split_list)
 
@@ -156,6 +175,8 @@ def load(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_variable_name(cls, field)}: {error['msg']}")
+            if not error["loc"]:  # a rule across fields names its variables itself
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"{_variable_name(cls, str(error['loc'][0]))}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

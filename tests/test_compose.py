@@ -172,6 +172,13 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     assert f"127.0.0.1:{ingest_port}/readyz" in " ".join(ingest["healthcheck"]["test"])
 
 
+def test_serve_outlives_its_drain(services: dict[str, dict[str, Any]]) -> None:
+    """docker stop must not SIGKILL a draining replica: its grace exceeds the default drain."""
+    grace = re.fullmatch(r"(\d+)s", str(services["serve"]["stop_grace_period"]))
+    assert grace, services["serve"]["stop_grace_period"]
+    assert int(grace.group(1)) >= ServeSettings.model_fields["drain_s"].default + 20
+
+
 def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any]]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for name, svc in _dzone_services(services).items():

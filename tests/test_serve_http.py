@@ -162,7 +162,7 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
 
 
 def test_cli_serves_and_exits_0_on_sigterm(database_url, tmp_path):
-    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info"}
+    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info", "DZONE_DRAIN_S": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "serve", "--port", "0"]
         if False
