@@ -332,7 +332,11 @@ class WebSocketServer:
             if answer is not None:
                 content_type, file_path = answer
                 target = Path(file_path)
-                if not await asyncio.to_thread(target.is_file):
+                try:
+                    is_file = await asyncio.to_thread(target.is_file)
+                except (OSError, ValueError):  # the callback built a name the file system refuses
+                    is_file = False
+                if not is_file:
                     return http.not_found(head)
                 return await http.file_response(target, head=head, content_type=content_type)
         if path == "/api/version":
