@@ -360,25 +360,22 @@ class WebSocketServer:
         return await http.file_response(found, head=head)
 
     def status(self) -> dict[str, Any]:
-        """A small public summary for the status page: servers and viewer counts, nothing secret."""
+        """A small public summary for the status page: the server-list's entries, with member and viewer
+        counts only for servers anyone may join (a passworded server's audience is not public)."""
         hub = self._hub
         ready, _problems = self.readiness()
-        servers = []
+        servers: list[dict[str, Any]] = []
         if hub is not None and hub.directory is not None:
             for info in hub.directory.servers:
-                state = hub.states.get(info.key)
-                servers.append(
-                    {
-                        "id": info.id,
-                        "name": info.name,
-                        "viewers": len(state.viewers) if state else 0,
-                        "members": len(state.members) if state else None,
-                    }
-                )
+                entry = info.list_entry()
+                if not info.passworded:
+                    state = hub.states.get(info.key)
+                    entry["viewers"] = len(state.viewers) if state else 0
+                    entry["members"] = len(state.members) if state else None
+                servers.append(entry)
         return {
             "version": self.version,
             "ready": ready,
-            "connections": len(hub.sessions) if hub else 0,
             "uptime_s": round(time.time() - self._started_at),
             "servers": servers,
         }

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -243,3 +244,24 @@ async def test_raw_bytes_that_are_not_http_are_refused_without_an_error(database
         assert status == 0 or 400 <= status < 500, status
         assert await raw_status(server, b"/api/version") == 200
     assert "Traceback" not in caplog.text
+
+
+async def test_status_describes_passworded_servers_only_as_the_server_list_does(database_url, conn):
+    locked = "100000000000000009"
+    await add_server(conn, A, "Alpha", is_default=True, hide_offline=False)
+    await add_server(conn, locked, "Staff room", passworded=True, alias="staff", oauth_client_id="77")
+    await conn.execute(
+        "INSERT INTO discord_users (user_id, server_id, username, status, role_color)"
+        " SELECT (200000000000000000 + g)::text, s, 'u' || g, 'online', '#000000'"
+        " FROM generate_series(1, 3) g, unnest($1::text[]) s",
+        [A, locked],
+    )
+    async with running(database_url) as server, Viewer.open(server) as v:
+        list_frame = await v.expect("server-list")
+        await v.join()
+        status, _, body = await get(server, "/api/status")
+    assert status == 200
+    entries = {e["id"]: e for e in orjson.loads(body)["servers"]}
+    assert entries["staff"] == list_frame["data"][locked]  # exactly the server-list entry, no counts
+    assert entries[A] == {**list_frame["data"][A], "viewers": 1, "members": 3}
+    assert "connections" not in orjson.loads(body)
