@@ -54,12 +54,16 @@ class Callbacks:
 
 @dataclass(eq=False)
 class Session:
-    """One socket: the server it views (None before its first join) and its pacing."""
+    """One socket: the server it views (None before its first join or after it lost access), its pacing,
+    and how it was admitted there: ``authenticated`` passed a passworded check, as Discord user ``user_id``
+    (None when a registered validate callback decided)."""
 
     ws: ServerConnection
     address: str
     pacer: Pacer
     state: ServerState | None = None
+    authenticated: bool = False
+    user_id: str | None = None
 
 
 @dataclass
@@ -93,8 +97,9 @@ class Hub:
         self._resyncing: dict[str, asyncio.Task[None]] = {}
         self._resync_again: set[str] = set()
         self._directory_task: asyncio.Task[Directory] | None = None
-        self._directory_again = False
-        self._background: set[asyncio.Task[Any]] = set()
+        # While the server list is read from the database: the server notifications that arrived, to
+        # replay on top of the read (they are also applied at once, so access changes take effect now).
+        self._server_events: list[ServerChanged] | None = None
 
     @property
     def servers_from_db(self) -> bool:
@@ -109,8 +114,6 @@ class Hub:
     async def refresh_directory(self) -> Directory:
         """Re-read the servers (single flight: concurrent callers share one read); keep the last good on failure."""
         if self._directory_task is not None:
-            if self.servers_from_db:
-                self._directory_again = True  # a change may have landed after the read in flight started
             return await asyncio.shield(self._directory_task)
         self._directory_task = asyncio.create_task(self._read_directory())
         try:
@@ -119,33 +122,34 @@ class Hub:
             self._directory_task = None
 
     async def _read_directory(self) -> Directory:
-        while True:
-            self._directory_again = False
-            try:
-                if self.callbacks.server_data is not None:
-                    raw = await providers.call_provider(
-                        "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
-                    )
-                    servers = providers.validate_servers(raw)
-                else:
-                    assert self.pool is not None
-                    servers = await providers.db_servers(self.pool)
-            except ProviderError as exc:
-                self.health.problems["servers"] = str(exc)
-                log.error(
-                    "server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None
+        try:
+            if self.callbacks.server_data is not None:
+                raw = await providers.call_provider(
+                    "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
                 )
-                if self.directory is None:
-                    raise
-                return self.directory
-            self.health.problems.pop("servers", None)
-            self.apply_directory(Directory(servers))
-            if not self._directory_again:
-                assert self.directory is not None
-                return self.directory
+                servers = providers.validate_servers(raw)
+            else:
+                assert self.pool is not None
+                self._server_events = []
+                servers = await providers.db_servers(self.pool)
+        except ProviderError as exc:
+            self.health.problems["servers"] = str(exc)
+            log.error("server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None)
+            if self.directory is None:
+                raise
+            return self.directory
+        finally:
+            arrived, self._server_events = self._server_events or [], None
+        self.health.problems.pop("servers", None)
+        directory = Directory(servers)
+        for event in arrived:  # full rows, in commit order: replaying converges on the newest
+            directory = directory.with_server(event.server_id, providers.feed_server(event))
+        self.apply_directory(directory)
+        return directory
 
     def apply_directory(self, new: Directory) -> None:
-        """Switch to ``new``; viewers of a server whose hide_offline or client id changed get the difference."""
+        """Switch to ``new``. Viewers who may no longer view their server lose it now (the one place access
+        is re-decided); the others get the difference when hide_offline or the client id changed."""
         old = self.directory
         self.directory = new
         for key, state in self.states.items():
@@ -154,6 +158,7 @@ class Hub:
             if before == after:
                 continue
             state.invalidate()
+            self._cut_unqualified(state, after)
             if before is None or after is None or not state.viewers:
                 continue
             if before.hide_offline != after.hide_offline:
@@ -164,6 +169,46 @@ class Hub:
             new_client_id = self._static_client_id(after)
             if new_client_id and new_client_id != self._static_client_id(before):
                 self._send_to_viewers(state, frames.client_id_frame(key, new_client_id))
+
+    # ------------------------------------------------------------ access
+
+    def _qualifies(
+        self, state: ServerState, info: ServerInfo | None, authenticated: bool, user_id: str | None
+    ) -> bool:
+        """May a socket admitted this way view ``state``'s server as ``info`` (None: not joinable) says now?"""
+        if info is None:
+            return False
+        if not info.passworded:
+            return True
+        if not authenticated:
+            return False
+        return user_id is None or self._member_now(state, user_id)
+
+    def _member_now(self, state: ServerState, user_id: str) -> bool:
+        """Membership as of the last notification, counting those buffered while the server is re-read."""
+        present = user_id in state.members
+        for event in state.buffer or ():
+            if isinstance(event, UserUpserted | UserDeleted) and event.user_id == user_id:
+                present = isinstance(event, UserUpserted)
+        return present
+
+    def _cut_unqualified(self, state: ServerState, info: ServerInfo | None) -> None:
+        for ws in tuple(state.viewers):
+            session = self.sessions[ws]
+            if not self._qualifies(state, info, session.authenticated, session.user_id):
+                self._cut(session, "server gone" if info is None else "not authorised")
+
+    def _cut(self, session: Session, reason: str) -> None:
+        """Stop sending this socket its server (synchronously, before any later event) and tell it why.
+        The d-zone client shows the alert and keeps its (now frozen) world: it does not reconnect-loop."""
+        state = session.state
+        assert state is not None
+        state.viewers.discard(session.ws)
+        session.state, session.authenticated, session.user_id = None, False, None
+        self.metrics.viewers_cut.inc()
+        self.metrics.join_errors.inc()
+        broadcast((session.ws,), frames.error_frame(frames.ERR_ACCESS_LOST), text=True)
+        log.info("viewer_access_lost", server=state.key, peer=session.address, reason=reason)
 
     def _info(self, key: str) -> ServerInfo | None:
         return self.directory.by_key.get(key) if self.directory else None
@@ -178,13 +223,15 @@ class Hub:
         """Apply one notification; runs synchronously in commit order (called by the listener)."""
         if isinstance(event, ServerChanged):
             if self.servers_from_db:
-                self._spawn(self._refresh_directory_logged())
+                self._on_server_changed(event)
             return
         if not self.users_from_db:
             return
         state = self.states.get(event.server_id)
         if state is None:
             return  # nobody has joined this server: nothing cached, nothing to send
+        if isinstance(event, UserDeleted):
+            self._cut_member(state, event.user_id)
         if isinstance(event, ServerResync):
             if state.live:
                 self.request_resync(state)
@@ -193,6 +240,23 @@ class Hub:
             state.buffer.append(event)
             return
         self._apply(state, event)
+
+    def _on_server_changed(self, event: ServerChanged) -> None:
+        """Apply a server's new row at once: access is decided here, in commit order, not after a re-read."""
+        if self._server_events is not None:
+            self._server_events.append(event)  # a read is in flight: replay on top of its result too
+        if self.directory is not None:
+            self.apply_directory(self.directory.with_server(event.server_id, providers.feed_server(event)))
+
+    def _cut_member(self, state: ServerState, user_id: str) -> None:
+        """A member row went away: on a passworded server, that user's sockets lose it now."""
+        info = self._info(state.key)
+        if info is None or not info.passworded:
+            return
+        for ws in tuple(state.viewers):
+            session = self.sessions[ws]
+            if session.user_id == user_id:
+                self._cut(session, "member row deleted")
 
     def _apply(self, state: ServerState, event: FeedEvent) -> None:
         key = state.key
@@ -292,6 +356,7 @@ class Hub:
         state.buffer = None
         state.live = True
         state.invalidate()
+        self._cut_unqualified(state, self._info(state.key))  # a bulk change may have removed members
         if state.viewers:
             hide = self._hide_offline(state.key)
             for frame in diff_presences(state.key, old, members, hide, hide):
@@ -390,18 +455,26 @@ class Hub:
         if info is None:
             await self._send_error(session.ws, frames.ERR_NOT_FOUND)
             return
+        authenticated, user_id = False, None
         if info.passworded:
-            refusal = await self.authorize(info, request)
+            refusal, user_id = await self.authorize(info, request)
             if refusal is not None:
                 await self._send_error(session.ws, refusal)
                 return
+            authenticated = True
         try:
             state = await self.live_state(info.key)
         except ProviderError:
             await self._send_error(session.ws, frames.ERR_UNAVAILABLE)
             return
         client_id = await self.client_id(info)
-        info = self._info(info.key) or info  # settings may have changed while we waited
+        # Access may have changed while we waited: decide again on the current row, synchronously.
+        current = self._info(info.key) if self.servers_from_db else info
+        if not self._qualifies(state, current, authenticated, user_id):
+            await self._send_error(session.ws, _refusal_after_wait(current, authenticated))
+            return
+        assert current is not None
+        info = current
         if self.callbacks.client_id is not None:
             from serve.world import encode_join
 
@@ -413,14 +486,19 @@ class Hub:
             session.state.viewers.discard(session.ws)
         broadcast((session.ws,), frame, text=True)
         state.viewers.add(session.ws)
-        session.state = state
+        session.state, session.authenticated, session.user_id = state, authenticated, user_id
         self.metrics.joins.inc()
 
-    async def authorize(self, info: ServerInfo, request: ConnectRequest) -> str | None:
-        """None if the socket may join passworded ``info`` (rule 17), else the error text to send."""
+    async def authorize(self, info: ServerInfo, request: ConnectRequest) -> tuple[str | None, str | None]:
+        """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
+        (the error text to send, None)."""
+        refusal, user_id = await self._check_token(info, request)
+        return refusal, (user_id if refusal is None else None)
+
+    async def _check_token(self, info: ServerInfo, request: ConnectRequest) -> tuple[str | None, str | None]:
         token = request.discord_token
         if token is None:
-            return frames.ERR_AUTH_REQUIRED
+            return frames.ERR_AUTH_REQUIRED, None
         if self.callbacks.validate_discord_user is not None:
             try:
                 ok = await providers.call_provider(
@@ -430,25 +508,25 @@ class Hub:
                 )
             except ProviderError as exc:
                 log.error("discord_validation_failed", server=info.key, error=str(exc))
-                return frames.ERR_AUTH_UNAVAILABLE
-            return None if ok is True else frames.ERR_AUTH_FAILED
+                return frames.ERR_AUTH_UNAVAILABLE, None
+            return (None if ok is True else frames.ERR_AUTH_FAILED), None
         try:
             user_id = await self.identity.user_id(token)
         except AuthRejected as exc:
             log.info("discord_auth_refused", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_FAILED
+            return frames.ERR_AUTH_FAILED, None
         except AuthUnavailable as exc:
             log.warning("discord_auth_unavailable", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_UNAVAILABLE
+            return frames.ERR_AUTH_UNAVAILABLE, None
         try:
             member = await self.is_member(info.key, user_id)
         except ProviderError as exc:
             log.error("membership_check_failed", server=info.key, error=str(exc))
-            return frames.ERR_UNAVAILABLE
+            return frames.ERR_UNAVAILABLE, None
         if not member:
             log.info("discord_auth_not_member", server=info.key, user=user_id)
-            return frames.ERR_NOT_MEMBER
-        return None
+            return frames.ERR_NOT_MEMBER, None
+        return None, user_id
 
     async def is_member(self, key: str, user_id: str) -> bool:
         if self.users_from_db:
@@ -519,24 +597,20 @@ class Hub:
         state = self.states.get(key)
         return tuple(state.viewers) if state else ()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _refresh_directory_logged(self) -> None:
-        try:
-            await self.refresh_directory()
-        except ProviderError as exc:
-            log.error("server_list_refresh_failed", error=str(exc))
-
     async def close(self) -> None:
-        tasks = [*self._background, *self._loading.values(), *self._resyncing.values()]
+        tasks: list[asyncio.Task[Any]] = [*self._loading.values(), *self._resyncing.values()]
         if self._directory_task is not None:
             tasks.append(self._directory_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _refusal_after_wait(current: ServerInfo | None, authenticated: bool) -> str:
+    """The error for a join whose server changed under it while it waited (gone, or now passworded)."""
+    if current is None:
+        return frames.ERR_NOT_FOUND
+    return frames.ERR_NOT_MEMBER if authenticated else frames.ERR_AUTH_REQUIRED
 
 
 def _address(ws: ServerConnection) -> str:

@@ -31,6 +31,9 @@ class ServeMetrics:
         self.slow_viewers_dropped = Counter(
             "dzone_serve_slow_viewers_dropped_total", "Viewers dropped", registry=r
         )
+        self.viewers_cut = Counter(
+            "dzone_serve_viewers_access_lost_total", "Viewers cut off when their access changed", registry=r
+        )
         self.refused = Counter("dzone_serve_upgrades_refused_total", "Upgrades refused by limits", registry=r)
 
     def render(self) -> bytes:
