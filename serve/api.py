@@ -44,8 +44,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> type[ServerConnection]:
-    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``.
+def _viewer_connection_class(
+    grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
+) -> type[ServerConnection]:
+    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
+    at once when it holds more than ``max_unsent`` bytes, and tells the hub when it pauses and drains.
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -56,6 +59,7 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            hub.writing_paused(self)
             self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
 
         def resume_writing(self) -> None:
@@ -63,12 +67,23 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
                 self._slow_timer = None
+            hub.writing_resumed(self)
+
+        def send_data(self) -> None:
+            super().send_data()
+            unsent = self.transport.get_write_buffer_size()
+            if unsent > max_unsent and not self.transport.is_closing():
+                log.info("viewer_over_memory_cap_dropped", peer=str(self.remote_address), unsent=unsent)
+                self._drop()
 
         def _drop_if_still_full(self) -> None:
             if self.paused:
                 log.info("slow_viewer_dropped", peer=str(self.remote_address), grace_s=grace_s)
-                on_drop()
-                self.transport.abort()
+                self._drop()
+
+        def _drop(self) -> None:
+            on_drop()
+            self.transport.abort()
 
     return ViewerConnection
 
@@ -215,7 +230,7 @@ class WebSocketServer:
             ping_timeout=s.ping_timeout_s,
             origins=[*s.allowed_origins, None] if s.allowed_origins else None,  # type: ignore[list-item]
             create_connection=_viewer_connection_class(
-                s.slow_viewer_grace_s, self.metrics.slow_viewers_dropped.inc
+                s.slow_viewer_grace_s, s.socket_buffer_max_bytes, hub, self.metrics.slow_viewers_dropped.inc
             ),
             server_header=None,
         )

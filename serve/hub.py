@@ -30,6 +30,7 @@ from serve.world import (
     ServerInfo,
     ServerState,
     diff_presences,
+    encode_join,
     presence_for_change,
     visible,
 )
@@ -37,6 +38,8 @@ from shared.feed import ChatMessage, FeedEvent, ServerChanged, ServerResync, Use
 from shared.settings import ServeSettings
 
 log = structlog.get_logger(__name__)
+
+JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (also on every drain)
 
 ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 ClientIdCallback = Callable[[str], Awaitable[str | None]]
@@ -64,6 +67,18 @@ class Session:
     state: ServerState | None = None
     authenticated: bool = False
     user_id: str | None = None
+    pending: PendingJoin | None = None  # a join waiting for write budget (a newer one replaces it)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJoin:
+    """A join that passed its checks; its snapshot is encoded when written, so it is never stale."""
+
+    state: ServerState
+    info: ServerInfo
+    client_id: str | None
+    authenticated: bool
+    user_id: str | None
 
 
 @dataclass
@@ -100,6 +115,12 @@ class Hub:
         # While the server list is read from the database: the server notifications that arrived, to
         # replay on top of the read (they are also applied at once, so access changes take effect now).
         self._server_events: list[ServerChanged] | None = None
+        # Write budget: sockets whose transport is above its write limit (paused), sockets per address,
+        # and sessions whose join waits for budget (retried on drain and on a short timer).
+        self.paused: set[ServerConnection] = set()
+        self._by_address: dict[str, set[Session]] = {}
+        self._deferred: set[Session] = set()
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def servers_from_db(self) -> bool:
@@ -412,6 +433,7 @@ class Hub:
         address = _address(ws)
         session = Session(ws, address, Pacer(self.settings.connects_per_minute))
         self.sessions[ws] = session
+        self._by_address.setdefault(address, set()).add(session)
         self.metrics.connections.inc()
         try:
             directory = self.directory
@@ -419,6 +441,7 @@ class Hub:
                 directory = await self.refresh_directory()
             await ws.send(directory.list_frame, text=True)
             async for message in ws:
+                self.metrics.connect_requests.inc()
                 delay = session.pacer.delay()
                 if delay > 0:
                     await asyncio.sleep(delay)  # rule 15: slow this socket down, never close it
@@ -436,6 +459,12 @@ class Hub:
             if session.state is not None:
                 session.state.viewers.discard(ws)
             del self.sessions[ws]
+            self.paused.discard(ws)
+            self._deferred.discard(session)
+            neighbours = self._by_address[address]
+            neighbours.discard(session)
+            if not neighbours:
+                del self._by_address[address]
             self.metrics.connections.dec()
 
     async def _send_error(self, ws: ServerConnection, message: str) -> None:
@@ -468,26 +497,86 @@ class Hub:
             await self._send_error(session.ws, frames.ERR_UNAVAILABLE)
             return
         client_id = await self.client_id(info)
-        # Access may have changed while we waited: decide again on the current row, synchronously.
-        current = self._info(info.key) if self.servers_from_db else info
-        if not self._qualifies(state, current, authenticated, user_id):
-            await self._send_error(session.ws, _refusal_after_wait(current, authenticated))
+        if session.pending is not None:
+            self.metrics.joins_replaced.inc()
+        session.pending = PendingJoin(state, info, client_id, authenticated, user_id)
+        self._write_join(session)
+
+    def _write_join(self, session: Session) -> None:
+        """Write the session's pending join if access and the write budget allow, in one synchronous step
+        (switch servers, write the snapshot, subscribe) so no event slips between snapshot and subscription.
+        Over budget it stays pending; access lost meanwhile answers the error instead."""
+        pending = session.pending
+        assert pending is not None
+        state = pending.state
+        # Access may have changed while the join waited: decide on the current row.
+        current = self._info(pending.info.key) if self.servers_from_db else pending.info
+        if not self._qualifies(state, current, pending.authenticated, pending.user_id):
+            self._undefer(session)
+            self.metrics.join_errors.inc()
+            refusal = _refusal_after_wait(current, pending.authenticated)
+            broadcast((session.ws,), frames.error_frame(refusal), text=True)
             return
         assert current is not None
-        info = current
+        max_users = self.settings.snapshot_max_users
         if self.callbacks.client_id is not None:
-            from serve.world import encode_join
-
-            frame = encode_join(info, state.members, client_id, self.settings.snapshot_max_users)
+            frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
-            frame = state.join_frame(info, client_id, self.settings.snapshot_max_users)
-        # One synchronous step: no event can slip between the snapshot and the subscription.
+            frame = state.join_frame(current, pending.client_id, max_users)
+        if not self._within_budget(session, len(frame)):
+            if session not in self._deferred:
+                self.metrics.joins_deferred.inc()
+                self._deferred.add(session)
+            self._schedule_retry()
+            return
+        self._undefer(session)
         if session.state is not None:
             session.state.viewers.discard(session.ws)
         broadcast((session.ws,), frame, text=True)
         state.viewers.add(session.ws)
-        session.state, session.authenticated, session.user_id = state, authenticated, user_id
+        session.state, session.authenticated, session.user_id = state, pending.authenticated, pending.user_id
         self.metrics.joins.inc()
+
+    # ------------------------------------------------------------ write budget
+
+    def _within_budget(self, session: Session, size: int) -> bool:
+        """May a snapshot of ``size`` bytes be written to this socket now? Not while the socket is above its
+        write buffer, nor when it would take its address or the process above their caps of unsent data."""
+        s = self.settings
+        if session.ws in self.paused or _unsent(session.ws) > s.write_buffer_bytes:
+            return False
+        neighbours = self._by_address.get(session.address, ())
+        if sum(_unsent(other.ws) for other in neighbours) + size > s.address_buffer_max_bytes:
+            return False
+        # Sockets below their write buffer hold less than it each; the big holders are the paused ones.
+        return sum(_unsent(ws) for ws in self.paused) + size <= s.process_buffer_max_bytes
+
+    def _undefer(self, session: Session) -> None:
+        session.pending = None
+        self._deferred.discard(session)
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(JOIN_RETRY_S, self._retry_deferred)
+
+    def _retry_deferred(self) -> None:
+        self._retry = None
+        for session in tuple(self._deferred):
+            if session.pending is not None and session.ws in self.sessions:
+                self._write_join(session)
+            else:
+                self._deferred.discard(session)
+
+    def writing_paused(self, ws: ServerConnection) -> None:
+        """The socket's transport went above its write limit (called by the connection)."""
+        self.paused.add(ws)
+
+    def writing_resumed(self, ws: ServerConnection) -> None:
+        """The socket drained below its low-water mark: a join waiting for it may go now."""
+        self.paused.discard(ws)
+        session = self.sessions.get(ws)
+        if session is not None and session.pending is not None:
+            self._write_join(session)
 
     async def authorize(self, info: ServerInfo, request: ConnectRequest) -> tuple[str | None, str | None]:
         """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
@@ -598,12 +687,20 @@ class Hub:
         return tuple(state.viewers) if state else ()
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         tasks: list[asyncio.Task[Any]] = [*self._loading.values(), *self._resyncing.values()]
         if self._directory_task is not None:
             tasks.append(self._directory_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _unsent(ws: ServerConnection) -> int:
+    """Bytes written to this socket that the kernel has not taken yet (held in our memory)."""
+    transport = ws.transport
+    return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
 
 
 def _refusal_after_wait(current: ServerInfo | None, authenticated: bool) -> str:

@@ -97,6 +97,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     max_connections_per_ip: int = Field(default=500, ge=1)
     connects_per_minute: int = Field(default=30, ge=1)
     write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Unsent data held in memory: a socket above socket_buffer_max_bytes is dropped at once; a snapshot is
+    # written only while its address and the process stay under their caps (else the join waits).
+    socket_buffer_max_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    address_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    process_buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     snapshot_max_users: int = Field(default=2000, ge=1)
     message_max_chars: int = Field(default=300, ge=1, le=2000)
     allowed_origins: list[str] = Field(default_factory=list)
