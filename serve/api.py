@@ -195,7 +195,14 @@ class WebSocketServer:
                 )
             except (OSError, TimeoutError) as exc:
                 raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
-        identity = DiscordIdentity(s.discord_api_base, s.oauth_timeout_s, s.oauth_cache_s)
+        identity = DiscordIdentity(
+            s.discord_api_base,
+            s.oauth_timeout_s,
+            s.oauth_cache_s,
+            failure_cache_s=s.oauth_failure_cache_s,
+            calls_per_s=s.oauth_calls_per_s,
+            calls_per_address_per_s=s.oauth_calls_per_ip_per_s,
+        )
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
             self._listener = FeedListener(

@@ -22,7 +22,7 @@ from serve import frames, providers
 from serve.frames import ConnectRequest, ProtocolError
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
-from serve.oauth import AuthRejected, AuthUnavailable, DiscordIdentity
+from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
 from serve.providers import ProviderError
 from serve.world import (
     Directory,
@@ -486,7 +486,7 @@ class Hub:
             return
         authenticated, user_id = False, None
         if info.passworded:
-            refusal, user_id = await self.authorize(info, request)
+            refusal, user_id = await self.authorize(info, request, session.address)
             if refusal is not None:
                 await self._send_error(session.ws, refusal)
                 return
@@ -578,13 +578,17 @@ class Hub:
         if session is not None and session.pending is not None:
             self._write_join(session)
 
-    async def authorize(self, info: ServerInfo, request: ConnectRequest) -> tuple[str | None, str | None]:
+    async def authorize(
+        self, info: ServerInfo, request: ConnectRequest, address: str = "?"
+    ) -> tuple[str | None, str | None]:
         """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
         (the error text to send, None)."""
-        refusal, user_id = await self._check_token(info, request)
+        refusal, user_id = await self._check_token(info, request, address)
         return refusal, (user_id if refusal is None else None)
 
-    async def _check_token(self, info: ServerInfo, request: ConnectRequest) -> tuple[str | None, str | None]:
+    async def _check_token(
+        self, info: ServerInfo, request: ConnectRequest, address: str
+    ) -> tuple[str | None, str | None]:
         token = request.discord_token
         if token is None:
             return frames.ERR_AUTH_REQUIRED, None
@@ -600,7 +604,10 @@ class Hub:
                 return frames.ERR_AUTH_UNAVAILABLE, None
             return (None if ok is True else frames.ERR_AUTH_FAILED), None
         try:
-            user_id = await self.identity.user_id(token)
+            user_id = await self.identity.user_id(token, address)
+        except AuthThrottled as exc:
+            log.debug("discord_auth_throttled", server=info.key, peer=address, reason=str(exc))
+            return frames.ERR_AUTH_THROTTLED, None
         except AuthRejected as exc:
             log.info("discord_auth_refused", server=info.key, reason=str(exc))
             return frames.ERR_AUTH_FAILED, None

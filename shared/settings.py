@@ -109,6 +109,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     oauth_timeout_s: float = Field(default=5.0, gt=0)
     oauth_cache_s: float = Field(default=60.0, ge=0)
+    # Calls to Discord's users/@me: refusals cached this long, at most this many per second per client
+    # address and for the whole process (over it: an error frame, no call).
+    oauth_failure_cache_s: float = Field(default=10.0, ge=0)
+    oauth_calls_per_ip_per_s: float = Field(default=2.0, gt=0)
+    oauth_calls_per_s: float = Field(default=20.0, gt=0)
     # serve internals: how long a viewer may sit above its write buffer before it is dropped, how long a
     # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
     slow_viewer_grace_s: float = Field(default=10.0, gt=0)

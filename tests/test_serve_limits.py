@@ -11,7 +11,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -19,7 +20,7 @@ import orjson
 import psutil
 import pytest
 
-from tests.test_serve_support import Viewer, add_server
+from tests.test_serve_support import Viewer, add_server, running
 from tests.waiting import wait_for
 
 BIG, SMALL = "100000000000000001", "100000000000000002"
@@ -217,3 +218,59 @@ async def test_non_reading_sockets_cost_little_and_do_not_slow_readers(conn, ser
 
 async def _at_least(serve: ServeProcess, count: float) -> bool:
     return await serve.metric("dzone_serve_connect_requests_total") >= count
+
+
+def read_text_frames_until(
+    sock: socket.socket, last: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Read unmasked server text frames from a raw socket (after the handshake) up to ``last``."""
+    buffer = b""
+
+    def take(n: int) -> bytes:
+        nonlocal buffer
+        while len(buffer) < n:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            buffer += chunk
+        data, buffer = buffer[:n], buffer[n:]
+        return data
+
+    frames: list[dict[str, Any]] = []
+    while not frames or not last(frames[-1]):
+        first, second = take(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", take(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", take(8))
+        payload = take(length)
+        if first & 0x0F == 0x1:
+            frames.append(orjson.loads(payload))
+    return frames
+
+
+async def test_a_newer_join_replaces_an_unsent_older_one(database_url, conn):
+    await seed(conn)
+    async with running(database_url) as server:
+        # Forty joins of the big server (more than the kernel's socket buffers absorb) ...
+        sock = await asyncio.to_thread(open_non_reader, server.port, 40)
+        small = masked_text_frame(orjson.dumps({"type": "connect", "data": {"server": SMALL}}))
+        await asyncio.to_thread(sock.sendall, small)  # ... then one of the small one
+        metrics = server.metrics
+        try:
+            await wait_for(lambda: metrics.connect_requests._value.get() >= 41, message="41 connects read")
+            sock.settimeout(10)
+            frames = await asyncio.to_thread(
+                read_text_frames_until,
+                sock,
+                lambda f: f["type"] == "server-join" and f["data"]["serverName"] == "Small",
+            )
+        finally:
+            sock.close()
+    assert frames[0]["type"] == "server-list"
+    joins = [f["data"]["serverName"] for f in frames if f["type"] == "server-join"]
+    # What fitted the write budget was written; the joins that waited were replaced, not queued.
+    assert joins[-1] == "Small" and 1 <= joins.count("Big") < 40, joins
+    assert metrics.joins_deferred._value.get() >= 1
+    assert metrics.joins_replaced._value.get() == 40 - joins.count("Big")
+    print(f"\n40 big joins then 1 small on a non-reading socket: {joins.count('Big')} big snapshots written")
