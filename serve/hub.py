@@ -118,7 +118,7 @@ class Hub:
         # Write budget: sockets whose transport is above its write limit (paused), sockets per address,
         # and sessions whose join waits for budget (retried on drain and on a short timer).
         self.paused: set[ServerConnection] = set()
-        self._by_address: dict[str, set[Session]] = {}
+        self.by_address: dict[str, set[Session]] = {}
         self._deferred: set[Session] = set()
         self._retry: asyncio.TimerHandle | None = None
 
@@ -433,7 +433,7 @@ class Hub:
         address = _address(ws)
         session = Session(ws, address, Pacer(self.settings.connects_per_minute))
         self.sessions[ws] = session
-        self._by_address.setdefault(address, set()).add(session)
+        self.by_address.setdefault(address, set()).add(session)
         self.metrics.connections.inc()
         try:
             directory = self.directory
@@ -461,10 +461,10 @@ class Hub:
             del self.sessions[ws]
             self.paused.discard(ws)
             self._deferred.discard(session)
-            neighbours = self._by_address[address]
+            neighbours = self.by_address[address]
             neighbours.discard(session)
             if not neighbours:
-                del self._by_address[address]
+                del self.by_address[address]
             self.metrics.connections.dec()
 
     async def _send_error(self, ws: ServerConnection, message: str) -> None:
@@ -502,7 +502,7 @@ class Hub:
         session.pending = PendingJoin(state, info, client_id, authenticated, user_id)
         self._write_join(session)
 
-    def _write_join(self, session: Session) -> None:
+    def _write_join(self, session: Session, totals: UnsentTotals | None = None) -> None:
         """Write the session's pending join if access and the write budget allow, in one synchronous step
         (switch servers, write the snapshot, subscribe) so no event slips between snapshot and subscription.
         Over budget it stays pending; access lost meanwhile answers the error instead."""
@@ -523,7 +523,8 @@ class Hub:
             frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
             frame = state.join_frame(current, pending.client_id, max_users)
-        if not self._within_budget(session, len(frame)):
+        totals = totals if totals is not None else UnsentTotals(self)
+        if not totals.allow(session, len(frame)):
             if session not in self._deferred:
                 self.metrics.joins_deferred.inc()
                 self._deferred.add(session)
@@ -539,18 +540,6 @@ class Hub:
 
     # ------------------------------------------------------------ write budget
 
-    def _within_budget(self, session: Session, size: int) -> bool:
-        """May a snapshot of ``size`` bytes be written to this socket now? Not while the socket is above its
-        write buffer, nor when it would take its address or the process above their caps of unsent data."""
-        s = self.settings
-        if session.ws in self.paused or _unsent(session.ws) > s.write_buffer_bytes:
-            return False
-        neighbours = self._by_address.get(session.address, ())
-        if sum(_unsent(other.ws) for other in neighbours) + size > s.address_buffer_max_bytes:
-            return False
-        # Sockets below their write buffer hold less than it each; the big holders are the paused ones.
-        return sum(_unsent(ws) for ws in self.paused) + size <= s.process_buffer_max_bytes
-
     def _undefer(self, session: Session) -> None:
         session.pending = None
         self._deferred.discard(session)
@@ -561,9 +550,10 @@ class Hub:
 
     def _retry_deferred(self) -> None:
         self._retry = None
+        totals = UnsentTotals(self)  # summed once for the whole round, not once per waiting join
         for session in tuple(self._deferred):
             if session.pending is not None and session.ws in self.sessions:
-                self._write_join(session)
+                self._write_join(session, totals)
             else:
                 self._deferred.discard(session)
 
@@ -702,6 +692,35 @@ class Hub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class UnsentTotals:
+    """Unsent bytes per address and for the process, summed lazily and charged as snapshots are written,
+    to decide whether a snapshot fits the write budget (serve/hub.py's one place for that rule)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._process: int | None = None
+        self._addresses: dict[str, int] = {}
+
+    def allow(self, session: Session, size: int) -> bool:
+        """Not while the socket is above its write buffer, nor when the snapshot would take its address or
+        the process over their caps; when allowed, the totals are charged with ``size``."""
+        hub, s = self._hub, self._hub.settings
+        if session.ws in hub.paused or _unsent(session.ws) > s.write_buffer_bytes:
+            return False
+        address = self._addresses.get(session.address)
+        if address is None:
+            neighbours = hub.by_address.get(session.address, ())
+            address = self._addresses[session.address] = sum(_unsent(other.ws) for other in neighbours)
+        if self._process is None:
+            # Sockets below their write buffer hold less than it each; the big holders are the paused ones.
+            self._process = sum(_unsent(ws) for ws in hub.paused)
+        if address + size > s.address_buffer_max_bytes or self._process + size > s.process_buffer_max_bytes:
+            return False
+        self._addresses[session.address] = address + size
+        self._process += size
+        return True
 
 
 def _unsent(ws: ServerConnection) -> int:
