@@ -266,8 +266,12 @@ class Hub:
         """Apply a server's new row at once: access is decided here, in commit order, not after a re-read."""
         if self._server_events is not None:
             self._server_events.append(event)  # a read is in flight: replay on top of its result too
-        if self.directory is not None:
-            self.apply_directory(self.directory.with_server(event.server_id, providers.feed_server(event)))
+        if self.directory is None:
+            return
+        info = providers.feed_server(event)
+        if self.directory.by_key.get(event.server_id) == info:
+            return  # e.g. only synced_at changed: nothing a viewer sees or access depends on
+        self.apply_directory(self.directory.with_server(event.server_id, info))
 
     def _cut_member(self, state: ServerState, user_id: str) -> None:
         """A member row went away: on a passworded server, that user's sockets lose it now."""

@@ -169,3 +169,22 @@ async def test_deleting_a_members_row_cuts_only_that_members_sockets(database_ur
         # Their token no longer admits them either (the cache holds who they are, not that they may enter).
         answer = await leaver.connect(A, discordToken=tokens[removed])
         assert answer["data"]["message"] == "Your Discord account is not a member of this server."
+
+
+async def test_a_bulk_resync_that_drops_a_member_cuts_their_socket(database_url, conn, sim):
+    guild = next(iter(sim.world.guilds.values()))
+    member = next(str(uid) for uid in guild.members if uid != sim.world.bot_user.id)
+    await seed(conn, passworded=True)
+    await add_users(conn, A, {member: ("member", "online", "#000000")})
+    async with (
+        running(database_url, discord_api_base=sim.api_base) as server,
+        Viewer.open(server) as v,
+    ):
+        await v.expect("server-list")
+        await v.join(A, discordToken=sim.issue_oauth_token(int(member)))
+        async with conn.transaction():  # as the ingest's full sync does: no per-row events, one resync
+            await conn.execute(feed.BULK_MODE)
+            await conn.execute("DELETE FROM discord_users WHERE server_id = $1 AND user_id = $2", A, member)
+            await conn.execute(feed.NOTIFY_RESYNC, A)
+        await changes_of_a_after(conn)
+        await assert_cut(v, lambda f: False)
