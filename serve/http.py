@@ -11,7 +11,7 @@ import email.utils
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import orjson
 from websockets.datastructures import Headers
@@ -72,8 +72,9 @@ def text_response(
 
 
 def request_path(request: Request) -> str:
-    """The decoded path without query string."""
-    return unquote(urlsplit(request.path).path) or "/"
+    """The decoded path without query string (split by hand: urlsplit raises on "//[x" and would read
+    "//host/x" as a host)."""
+    return unquote(request.path.partition("?")[0].partition("#")[0]) or "/"
 
 
 def content_type_of(path: Path) -> str:

@@ -88,6 +88,8 @@ class DiscordIdentity:
         if bucket is None:
             if len(self._address_calls) >= CACHE_MAX_ENTRIES:
                 self._address_calls = {a: b for a, b in self._address_calls.items() if not b.full()}
+                if len(self._address_calls) >= CACHE_MAX_ENTRIES:
+                    self._address_calls.clear()  # bounded; the process-wide cap still holds
             bucket = self._address_calls[address] = RateLimit(self._address_calls_per_s)
         if not bucket.available():
             raise AuthThrottled("too many Discord logins checked for this address")

@@ -224,6 +224,9 @@ async def raw_status(server, target: bytes) -> int:
         b"/%ed%a0%80",  # an encoded surrogate
         b"/" + b"%2e%2e/" * 50 + b"etc/passwd",
         b"/" + b"%41" * 2000,
+        b"//[x",  # urlsplit would raise "Invalid IPv6 URL"
+        b"http://[::1/index.html",
+        b"/?[",
     ],
 )
 async def test_any_path_is_answered_4xx_never_500(database_url, conn, target: bytes, caplog):
