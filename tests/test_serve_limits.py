@@ -274,3 +274,33 @@ async def test_a_newer_join_replaces_an_unsent_older_one(database_url, conn):
     assert metrics.joins_deferred._value.get() >= 1
     assert metrics.joins_replaced._value.get() == 40 - joins.count("Big")
     print(f"\n40 big joins then 1 small on a non-reading socket: {joins.count('Big')} big snapshots written")
+
+
+async def test_a_waiting_join_is_decided_again_when_it_is_written(database_url, conn):
+    """Access changes while a join waits for write budget: the join answers the error, never the snapshot."""
+    await seed(conn)
+    async with running(database_url) as server:
+        sock = await asyncio.to_thread(open_non_reader, server.port, 40)
+        metrics, hub = server.metrics, server._hub
+        assert hub is not None
+        try:
+            await wait_for(lambda: metrics.connect_requests._value.get() >= 40, message="40 connects read")
+            await wait_for(lambda: hub._deferred, message="a join waiting for budget")
+            await conn.execute("UPDATE discord_servers SET passworded = TRUE WHERE server_id = $1", BIG)
+            await wait_for(
+                lambda: (info := hub._info(BIG)) is not None and info.passworded, message="flip seen"
+            )
+            sock.settimeout(10)
+            frames = await asyncio.to_thread(
+                read_text_frames_until,
+                sock,
+                lambda f: f["type"] == "error" and "requires" in f["data"]["message"],
+            )
+        finally:
+            sock.close()
+    kinds = [f["type"] for f in frames]
+    lost = kinds.index("error")
+    assert frames[lost]["data"]["message"].startswith("You no longer have access")  # the joined viewer is cut
+    assert kinds[lost + 1 :] == [
+        "error"
+    ]  # and the waiting join answers the error, no snapshot after the flip
