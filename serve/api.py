@@ -46,8 +46,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> type[ServerConnection]:
-    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``.
+def _viewer_connection_class(
+    grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
+) -> type[ServerConnection]:
+    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
+    at once when it holds more than ``max_unsent`` bytes, and tells the hub when it pauses and drains.
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -58,6 +61,7 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            hub.writing_paused(self)
             self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
 
         def resume_writing(self) -> None:
@@ -65,12 +69,23 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
                 self._slow_timer = None
+            hub.writing_resumed(self)
+
+        def send_data(self) -> None:
+            super().send_data()
+            unsent = self.transport.get_write_buffer_size()
+            if unsent > max_unsent and not self.transport.is_closing():
+                log.info("viewer_over_memory_cap_dropped", peer=str(self.remote_address), unsent=unsent)
+                self._drop()
 
         def _drop_if_still_full(self) -> None:
             if self.paused:
                 log.info("slow_viewer_dropped", peer=str(self.remote_address), grace_s=grace_s)
-                on_drop()
-                self.transport.abort()
+                self._drop()
+
+        def _drop(self) -> None:
+            on_drop()
+            self.transport.abort()
 
     return ViewerConnection
 
@@ -205,7 +220,14 @@ class WebSocketServer:
                 )
             except (OSError, TimeoutError) as exc:
                 raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
-        identity = DiscordIdentity(s.discord_api_base, s.oauth_timeout_s, s.oauth_cache_s)
+        identity = DiscordIdentity(
+            s.discord_api_base,
+            s.oauth_timeout_s,
+            s.oauth_cache_s,
+            failure_cache_s=s.oauth_failure_cache_s,
+            calls_per_s=s.oauth_calls_per_s,
+            calls_per_address_per_s=s.oauth_calls_per_ip_per_s,
+        )
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
             self._listener = FeedListener(
@@ -240,7 +262,7 @@ class WebSocketServer:
             ping_timeout=s.ping_timeout_s,
             origins=[*s.allowed_origins, None] if s.allowed_origins else None,  # type: ignore[list-item]
             create_connection=_viewer_connection_class(
-                s.slow_viewer_grace_s, self.metrics.slow_viewers_dropped.inc
+                s.slow_viewer_grace_s, s.socket_buffer_max_bytes, hub, self.metrics.slow_viewers_dropped.inc
             ),
             server_header=None,
             ssl=self.tls.context if self.tls else None,
@@ -410,7 +432,11 @@ class WebSocketServer:
             if answer is not None:
                 content_type, file_path = answer
                 target = Path(file_path)
-                if not await asyncio.to_thread(target.is_file):
+                try:
+                    is_file = await asyncio.to_thread(target.is_file)
+                except (OSError, ValueError):  # the callback built a name the file system refuses
+                    is_file = False
+                if not is_file:
                     return http.not_found(head)
                 return await http.file_response(target, head=head, content_type=content_type)
         if path == "/api/version":
@@ -434,26 +460,23 @@ class WebSocketServer:
         return await http.file_response(found, head=head)
 
     def status(self) -> dict[str, Any]:
-        """A small public summary for the status page: servers and viewer counts, nothing secret."""
+        """A small public summary for the status page: the server-list's entries, with member and viewer
+        counts only for servers anyone may join (a passworded server's audience is not public)."""
         hub = self._hub
         ready, _problems = self.readiness()
-        servers = []
+        servers: list[dict[str, Any]] = []
         if hub is not None and hub.directory is not None:
             for info in hub.directory.servers:
-                state = hub.states.get(info.key)
-                servers.append(
-                    {
-                        "id": info.id,
-                        "name": info.name,
-                        "viewers": len(state.viewers) if state else 0,
-                        "members": len(state.members) if state else None,
-                    }
-                )
+                entry = info.list_entry()
+                if not info.passworded:
+                    state = hub.states.get(info.key)
+                    entry["viewers"] = len(state.viewers) if state else 0
+                    entry["members"] = len(state.members) if state else None
+                servers.append(entry)
         return {
             "version": self.version,
             "ready": ready,
             "draining": self.draining,
-            "connections": len(hub.sessions) if hub else 0,
             "uptime_s": round(time.time() - self._started_at),
             "servers": servers,
         }

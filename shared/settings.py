@@ -118,6 +118,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     max_connections_per_ip: int = Field(default=500, ge=1)
     connects_per_minute: int = Field(default=30, ge=1)
     write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Unsent data held in memory: a socket above socket_buffer_max_bytes is dropped at once; a snapshot is
+    # written only while its address and the process stay under their caps (else the join waits).
+    socket_buffer_max_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    address_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    process_buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     snapshot_max_users: int = Field(default=2000, ge=1)
     message_max_chars: int = Field(default=300, ge=1, le=2000)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
@@ -125,6 +130,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     oauth_timeout_s: float = Field(default=5.0, gt=0)
     oauth_cache_s: float = Field(default=60.0, ge=0)
+    # Calls to Discord's users/@me: refusals cached this long, at most this many per second per client
+    # address and for the whole process (over it: an error frame, no call).
+    oauth_failure_cache_s: float = Field(default=10.0, ge=0)
+    oauth_calls_per_ip_per_s: float = Field(default=2.0, gt=0)
+    oauth_calls_per_s: float = Field(default=20.0, gt=0)
     # serve internals: how long a viewer may sit above its write buffer before it is dropped, how long a
     # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
     slow_viewer_grace_s: float = Field(default=10.0, gt=0)

@@ -122,6 +122,7 @@ class ControlApi:
             "guilds/rename": self.guild_rename,
             "guilds/remove": self.guild_remove,
             "oauth/token": self.oauth_token,
+            "oauth/rate-limit": self.oauth_rate_limit,
             "faults/drop": self.fault_drop,
             "faults/reconnect": self.fault_reconnect,
             "faults/invalid-session": self.fault_invalid_session,
@@ -267,6 +268,12 @@ class ControlApi:
         token = self.sim.issue_oauth_token(user_id)
         owner = self.sim.world.oauth_tokens[token]
         return {"token": token, "user_id": str(owner)}
+
+    async def oauth_rate_limit(self, body: dict[str, Any]) -> None:
+        seconds = body.get("retry_after")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
+            raise InvalidValueError("retry_after must be a number of seconds from 0 to 3600")
+        self.sim.rate_limit_oauth(float(seconds))
 
     async def fault_drop(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"connections": await self.sim.drop_connections()}

@@ -7,6 +7,7 @@ and treats anything else as text.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 import orjson
@@ -40,6 +41,13 @@ class RestApi:
         self.world = world
         self.engine = engine
         self.gateway_url = ""
+        # OAuth2 users/@me (Bearer) calls answered, and a window in which they get 429 + Retry-After.
+        self.oauth_calls = 0
+        self._oauth_limited_until = 0.0
+
+    def rate_limit_oauth(self, seconds: float) -> None:
+        """Answer every Bearer ``users/@me`` with 429 and ``Retry-After`` for the next ``seconds``."""
+        self._oauth_limited_until = time.monotonic() + seconds
 
     def routes(self) -> list[web.RouteDef]:
         p = API_PREFIX
@@ -71,6 +79,15 @@ class RestApi:
     async def users_me(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
+            self.oauth_calls += 1
+            limited_for = self._oauth_limited_until - time.monotonic()
+            if limited_for > 0:
+                response = discord_json(
+                    {"message": "You are being rate limited.", "retry_after": limited_for, "global": False},
+                    status=429,
+                )
+                response.headers["Retry-After"] = f"{limited_for:.3f}"
+                return response
             user_id = self.world.oauth_tokens.get(header[7:].strip())
             user = self.world.users.get(user_id) if user_id is not None else None
             if user is None:

@@ -212,7 +212,12 @@ class Simulator:
         return {**self.world.truth(), "paused": self.paused}
 
     def stats(self) -> dict[str, Any]:
-        return {**self.hub.stats(), "changes_applied": self.changes_applied, "paused": self.paused}
+        return {
+            **self.hub.stats(),
+            "changes_applied": self.changes_applied,
+            "paused": self.paused,
+            "oauth_calls": self.oauth_calls,
+        }
 
     # -- injection (each updates the truth and queues the event in one step) ------------------------
 
@@ -297,6 +302,15 @@ class Simulator:
 
     async def remove_guild(self, guild_id: int) -> None:
         self.engine.remove_guild(guild_id)
+
+    def rate_limit_oauth(self, seconds: float) -> None:
+        """``GET /users/@me`` with a Bearer token answers 429 + Retry-After for ``seconds``."""
+        self.rest.rate_limit_oauth(seconds)
+
+    @property
+    def oauth_calls(self) -> int:
+        """How many Bearer ``GET /users/@me`` calls the simulator has answered."""
+        return self.rest.oauth_calls
 
     def issue_oauth_token(self, user_id: int | None = None) -> str:
         """A Bearer token whose ``GET /users/@me`` answers that user (None: a new user in no guild)."""

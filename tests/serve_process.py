@@ -36,10 +36,20 @@ def http_status(url: str, context: ssl.SSLContext | None = None) -> int | None:
 
 
 def status_json(base: str) -> dict[str, Any]:
-    """The serve's /api/status (servers, connections, draining)."""
+    """The serve's /api/status (servers, readiness, draining)."""
     with urllib.request.urlopen(f"{base}/api/status", timeout=5) as answer:
         result: dict[str, Any] = json.load(answer)
         return result
+
+
+def open_connections(base: str) -> int:
+    """Open WebSocket connections, from /metrics (``/api/status`` says no more than the server-list)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith("dzone_serve_connections "):
+            return int(float(line.split()[1]))
+    raise AssertionError("dzone_serve_connections missing from /metrics")
 
 
 @dataclass

@@ -115,6 +115,26 @@ async def test_oauth_bearer_tokens_answer_their_user(http: aiohttp.ClientSession
             assert response.status == 401
 
 
+async def test_oauth_rate_limit_answers_429_with_retry_after_and_calls_are_counted(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(SimConfig(guild_sizes=[2], seed=1)) as sim:
+        token = sim.issue_oauth_token(None)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(f"{sim.control_base}/oauth/rate-limit", json={"retry_after": 30}) as response:
+            assert response.status == 200
+        async with http.post(f"{sim.control_base}/oauth/rate-limit", json={"retry_after": "x"}) as response:
+            assert response.status == 400
+        async with http.get(f"{sim.api_base}/users/@me", headers=headers) as response:
+            assert response.status == 429 and 29 < float(response.headers["Retry-After"]) <= 30
+            assert (await response.json())["retry_after"] > 29
+        sim.rate_limit_oauth(0)
+        async with http.get(f"{sim.api_base}/users/@me", headers=headers) as response:
+            assert response.status == 200
+        async with http.get(f"{sim.control_base}/stats") as response:
+            assert (await response.json())["oauth_calls"] == 2 == sim.oauth_calls
+
+
 async def test_control_api_reads_the_truth_and_injects_changes(http: aiohttp.ClientSession) -> None:
     async with Simulator(SimConfig(guild_sizes=[10, 10], seed=2, presence_rate=5)) as sim:
         base = sim.control_base

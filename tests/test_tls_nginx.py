@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.certs import LocalCA
 from tests.nginx import nginx_in_front
-from tests.serve_process import http_status, serve_process, status_json
+from tests.serve_process import http_status, open_connections, serve_process
 from tests.test_serve_support import Viewer, add_server, add_users
 from tests.waiting import wait_for
 
@@ -68,10 +68,6 @@ async def test_wss_through_the_nginx_recipe(database_url: str, tmp_path: Path) -
         await conn.close()
 
 
-def _connections(base: str) -> int:
-    return int(status_json(base)["connections"])
-
-
 async def test_a_draining_replica_behind_the_recipe(database_url: str, tmp_path: Path) -> None:
     """Rolling restart through nginx: the draining replica keeps its viewers, new ones go to the other.
 
@@ -100,7 +96,9 @@ async def test_a_draining_replica_behind_the_recipe(database_url: str, tmp_path:
                 return opened
 
             early = [await viewer(), await viewer()]  # nginx's round robin: one on each replica
-            counts = await asyncio.to_thread(lambda: (_connections(first.base), _connections(second.base)))
+            counts = await asyncio.to_thread(
+                lambda: (open_connections(first.base), open_connections(second.base))
+            )
             assert counts == (1, 1)
             first.process.send_signal(signal.SIGTERM)
 
@@ -109,7 +107,7 @@ async def test_a_draining_replica_behind_the_recipe(database_url: str, tmp_path:
 
             await wait_for(first_unready, timeout=3, message="the draining replica's /readyz to answer 503")
             late = [await viewer() for _ in range(4)]  # none refused: nginx retries the 503 elsewhere
-            assert await asyncio.to_thread(_connections, second.base) == 5
+            assert await asyncio.to_thread(open_connections, second.base) == 5
             uid = next(iter(USERS))
             await conn.execute("UPDATE discord_users SET status = 'dnd' WHERE user_id = $1", uid)
             for each in early + late:
