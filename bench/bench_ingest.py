@@ -233,6 +233,9 @@ class _ListSource:
     def owns(self, server_id: str) -> bool:
         return True
 
+    def channels(self, server_id: str) -> list[Any]:
+        return []  # the benchmark measures member rows only
+
 
 async def bench_full_sync(url: str, members: int) -> None:
     """Time a first full sync (all inserts, bulk mode) and a re-sync with 1 % changed and 1 % departed."""
@@ -256,6 +259,50 @@ async def bench_full_sync(url: str, members: int) -> None:
         await writer.close()
 
 
+# RELAY_MESSAGES before channel privacy (server check only): the reference for the cost of the channel rule.
+_RELAY_WITHOUT_CHANNEL_RULE = """
+SELECT dzone_notify_message(m.server_id, m.user_id, m.channel_id, m.message_id, m.text)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+     AS m(server_id, user_id, channel_id, message_id, text, ord)
+JOIN discord_servers s ON s.server_id = m.server_id AND s.relay_messages
+ORDER BY m.ord
+"""
+
+
+async def bench_relay(url: str, batch: int = 2000, rounds: int = 20) -> None:
+    """Time one chat batch through RELAY_MESSAGES with and without the channel rule (500 channels)."""
+    from ingest import queries
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO discord_servers (server_id, name) VALUES ('1', 'bench guild')")
+        await conn.executemany(
+            "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('1', $1, $2, $3)",
+            [(str(100 + c), f"channel {c}", c % 10 != 0) for c in range(500)],
+        )
+        columns = [
+            ["1"] * batch,
+            [str(10_000 + i % 300) for i in range(batch)],
+            [str(100 + i % 500) for i in range(batch)],
+            [str(1_000_000 + i) for i in range(batch)],
+            [f"chat line {i} with some words in it" for i in range(batch)],
+        ]
+        for label, statement in (
+            ("server rule only (before)", _RELAY_WITHOUT_CHANNEL_RULE),
+            ("server + channel rule", queries.RELAY_MESSAGES),
+        ):
+            timings = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                await conn.execute(statement, *columns)
+                timings.append(time.perf_counter() - started)
+            timings.sort()
+            print(f"relay of {batch} messages, {label}: p50 {timings[len(timings) // 2] * 1000:.1f} ms, "
+                  f"min {timings[0] * 1000:.1f} ms")  # fmt: skip
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,6 +315,7 @@ async def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest at the unbounded rate")
     parser.add_argument("--sync-members", type=int, default=100_000, help="size of the full-sync benchmark")
+    parser.add_argument("--relay-only", action="store_true", help="only the chat relay statement benchmark")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     print(f"1 guild of {args.members} members, {os.cpu_count()} cores, {args.seconds:.0f} s per step "
@@ -277,6 +325,9 @@ async def main() -> None:
         f"{'p99 ms':>7} {'cpu %':>6} {'pg cpu %':>9} {'commit p50 ms':>14}"
     )
     with database() as url:
+        await bench_relay(await new_database(url))
+        if args.relay_only:
+            return
         sync_url = await new_database(url)
         await bench_full_sync(sync_url, args.sync_members)
         sim, api_base, gateway_url = start_simulator(args.members, 0)

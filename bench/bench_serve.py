@@ -1,6 +1,6 @@
 """Benchmarks of ``dzone serve`` (they print figures; they are not tests).
 
-    .venv/bin/python bench/bench_serve.py fanout [--viewers 1000 5000] [--rate 50] [--seconds 10]
+    .venv/bin/python bench/bench_serve.py fanout [--viewers 1000 5000] [--rate 50] [--seconds 10] [--tls]
     .venv/bin/python bench/bench_serve.py join [--sizes 10 1000 10000]
     .venv/bin/python bench/bench_serve.py memory [--viewers 5000]
 
@@ -18,8 +18,12 @@ import contextlib
 import multiprocessing as mp
 import os
 import resource
+import ssl
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -210,7 +214,13 @@ CONNECT = b'{"type":"connect","data":{"server":"' + SERVER_KEY.encode() + b'"}}'
 
 
 async def open_viewers(
-    port: int, count: int, decode: int = 0, batch: int = 200, *, counting: bool = False
+    port: int,
+    count: int,
+    decode: int = 0,
+    batch: int = 200,
+    *,
+    counting: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> list[RawViewer]:
     loop = asyncio.get_running_loop()
     viewers: list[RawViewer] = []
@@ -218,7 +228,9 @@ async def open_viewers(
     for start in range(0, count, batch):
         chunk = []
         for i in range(start, min(count, start + batch)):
-            _t, proto = await loop.create_connection(_factory(i < decode), "127.0.0.1", port)
+            _t, proto = await loop.create_connection(
+                _factory(i < decode), "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None
+            )
             chunk.append(proto)
         await asyncio.gather(*(v.opened for v in chunk))
         await asyncio.gather(*(v.listed for v in chunk))
@@ -270,9 +282,11 @@ def pct(values: list[float], p: float) -> float:
 # ---------------------------------------------------------------- (a) fan-out
 
 
-async def fanout_run(url: str, port: int, pipe: Any, viewers_n: int, rate: float, seconds: float) -> None:
+async def fanout_run(
+    url: str, port: int, pipe: Any, viewers_n: int, rate: float, seconds: float, tls: ssl.SSLContext | None
+) -> None:
     probes = 20
-    viewers = await open_viewers(port, viewers_n, decode=probes, counting=True)
+    viewers = await open_viewers(port, viewers_n, decode=probes, counting=True, tls=tls)
     writer = await asyncpg.connect(url)
     uids = [f"2{i:017d}" for i in range(FANOUT_MEMBERS)]
     sent_at: dict[str, float] = {}
@@ -354,18 +368,33 @@ async def fanout_run(url: str, port: int, pipe: Any, viewers_n: int, rate: float
         v.transport.close()
     print(f"  (bare broadcast inside the server took {server_side_s:.2f}s for {burst} frames)")
     print(
-        f"fanout viewers={viewers_n:5d}  steady {rate:g}/s x {seconds:g}s: latency p50={pct(latencies, 50):.1f} ms "
+        f"fanout{' tls' if tls else ''} viewers={viewers_n:5d}  steady {rate:g}/s x {seconds:g}s: latency p50={pct(latencies, 50):.1f} ms "
         f"p99={pct(latencies, 99):.1f} ms (n={len(latencies)})  |  saturated: {feed_rate:,.0f} deliveries/s via "
         f"PostgreSQL vs {ceiling_rate:,.0f}/s bare broadcast = {100 * feed_rate / ceiling_rate:.0f}% of ceiling"
     )
 
 
+@contextlib.contextmanager
+def test_certificate(enabled: bool) -> Iterator[tuple[dict[str, Any], ssl.SSLContext | None]]:
+    """With ``--tls``: a throwaway CA and server pair (tests/certs.py); the serve's settings, the viewers' context."""
+    if not enabled:
+        yield {}, None
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.certs import LocalCA
+
+    with tempfile.TemporaryDirectory(prefix="dzone-bench-tls-") as directory:
+        ca = LocalCA(Path(directory))
+        pair = ca.issue()
+        yield {"tls_cert_file": str(pair.cert_file), "tls_key_file": str(pair.key_file)}, ca.client_context()
+
+
 def fanout(args: argparse.Namespace) -> None:
-    with database() as url:
+    with database() as url, test_certificate(args.tls) as (tls_settings, tls):
         asyncio.run(seed(url, FANOUT_MEMBERS))
         for n in args.viewers:
-            with serve_process(url) as (port, _pid, pipe):
-                asyncio.run(fanout_run(url, port, pipe, n, args.rate, args.seconds))
+            with serve_process(url, **tls_settings) as (port, _pid, pipe):
+                asyncio.run(fanout_run(url, port, pipe, n, args.rate, args.seconds, tls))
 
 
 # ---------------------------------------------------------------- (b) join
@@ -450,6 +479,7 @@ def main() -> None:
     p.add_argument("--viewers", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--rate", type=float, default=0.0, help="steady commits/s (0: a third of the ceiling)")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--tls", action="store_true", help="viewers over wss:// (native TLS, a test certificate)")
     p.set_defaults(run=fanout)
     p = sub.add_parser("join")
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 10_000])

@@ -19,6 +19,7 @@ from typing import Any
 import discord
 import structlog
 
+from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
 from ingest.mapping import member_row
 from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
@@ -93,6 +94,9 @@ class IngestClient(discord.AutoShardedClient):
             "guild_update": self._on_guild_update,
             "guild_role_update": self._on_guild_role_update,
             "guild_role_delete": self._on_guild_role_delete,
+            "guild_channel_create": self._on_channel_changed,
+            "guild_channel_delete": self._on_channel_changed,
+            "guild_channel_update": self._on_channel_updated,
             "ready": self._on_ready,
             "shard_ready": self._on_shard_ready,
             "shard_resumed": self._on_shard_resumed,
@@ -111,6 +115,12 @@ class IngestClient(discord.AutoShardedClient):
         include_bots = self.include_bots
         rows = [member_row(m) for m in guild.members if include_bots or not m.bot]
         return GuildSnapshot(guild.name, rows)
+
+    def channels(self, server_id: str) -> list[ChannelRow] | None:
+        guild = self.get_guild(int(server_id))
+        if guild is None or guild.unavailable:
+            return None
+        return channel_rows(guild)
 
     def server_ids(self) -> Iterable[str]:
         return [str(guild.id) for guild in self.guilds if not guild.unavailable]
@@ -192,6 +202,15 @@ class IngestClient(discord.AutoShardedClient):
         if before.colour != after.colour or before.position != after.position:
             for member in after.members:
                 self._put(member)
+        # @everyone's permissions are every channel's base: which channels are public may have changed.
+        if after.is_default() and before.permissions != after.permissions:
+            self.writer.sync_channels(str(after.guild.id))
+
+    def _on_channel_changed(self, channel: discord.abc.GuildChannel) -> None:
+        self.writer.sync_channels(str(channel.guild.id))
+
+    def _on_channel_updated(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
+        self.writer.sync_channels(str(after.guild.id))
 
     def _on_guild_role_delete(self, role: discord.Role) -> None:
         for member in role.guild.members:  # the role is gone from the cache: re-derive everyone
@@ -203,8 +222,12 @@ class IngestClient(discord.AutoShardedClient):
         author = message.author
         if author.bot and not self.include_bots:
             return
+        channel_id = relay_channel_id(message.channel)
+        if channel_id is None:
+            return  # a private thread: invite-only, never public
+        # The relay rule itself is applied in SQL at the flush (discord_channels), where operators set it.
         self.writer.relay_message(
-            str(message.guild.id), str(author.id), str(message.channel.id), str(message.id), message.content
+            str(message.guild.id), str(author.id), str(channel_id), str(message.id), readable_message(message)
         )
 
     def _on_ready(self) -> None:

@@ -12,6 +12,7 @@ from shared.feed import BULK_MODE, NOTIFY_MESSAGE, NOTIFY_RESYNC
 
 __all__ = [
     "BULK_MODE",
+    "CHANNELS_CLOSE",
     "COUNT_SERVER_USERS",
     "NOTIFY_MESSAGE",
     "NOTIFY_RESYNC",
@@ -26,6 +27,7 @@ __all__ = [
     "SYNC_TEMP_TABLE",
     "SYNC_UPSERT",
     "USERS_DELETE_SERVER",
+    "WRITE_CHANNELS",
     "WRITE_MEMBERS",
 ]
 
@@ -47,13 +49,38 @@ ON CONFLICT (user_id, server_id) DO UPDATE
           IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
 """
 
-# Chat is announced, never stored; only for servers whose operator left relay on. ORDER BY keeps the
+# The channels of some guilds ($5) become exactly the rows given ($1..$4): vanished ones are deleted, the
+# others upserted. `relay` is the operator's column: never written here, kept across updates.
+WRITE_CHANNELS = """
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[]) AS r(server_id, channel_id, name, public)
+), gone AS (
+    DELETE FROM discord_channels c
+    WHERE c.server_id = ANY($5::text[])
+      AND NOT EXISTS (SELECT 1 FROM incoming r WHERE r.server_id = c.server_id AND r.channel_id = c.channel_id)
+)
+INSERT INTO discord_channels AS c (server_id, channel_id, name, public)
+SELECT r.server_id, r.channel_id, r.name, r.public FROM incoming r
+WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
+ON CONFLICT (server_id, channel_id) DO UPDATE
+    SET name = EXCLUDED.name, public = EXCLUDED.public
+    WHERE (c.name, c.public) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.public)
+"""
+
+# When the channel rows of some guilds could not be written: relay nothing the operator did not choose.
+CHANNELS_CLOSE = "UPDATE discord_channels SET public = FALSE WHERE server_id = ANY($1::text[]) AND public"
+
+# Chat is announced, never stored: only for servers whose operator left relay on, and only from channels
+# whose row says so (the operator's `relay`, else the ingest's `public`); a channel without a row is not
+# relayed. Checked here, at the flush, so an operator's change counts from its commit. ORDER BY keeps the
 # batch's order: PostgreSQL evaluates volatile target-list functions after the sort.
 RELAY_MESSAGES = """
 SELECT dzone_notify_message(m.server_id, m.user_id, m.channel_id, m.message_id, m.text)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
      AS m(server_id, user_id, channel_id, message_id, text, ord)
 JOIN discord_servers s ON s.server_id = m.server_id AND s.relay_messages
+JOIN discord_channels c ON c.server_id = m.server_id AND c.channel_id = m.channel_id
+     AND coalesce(c.relay, c.public)
 ORDER BY m.ord
 """
 

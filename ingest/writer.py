@@ -9,7 +9,9 @@ after a long outage it asks for a full sync of every guild. Every database error
 row the schema refuses is dropped, and counted); the first failure and then one line every
 ``failure_log_interval_s`` say why, and :attr:`Writer.health` tells the readiness check. Guild-level
 work (full sync, rename, departure) runs before the live rows of the same flush, and supersedes older
-pending rows of that guild.
+pending rows of that guild. Channel rows (the relay rule's input) are re-read per guild and written
+after the guild work and before the chat of the same flush, so a message is judged by its channel as
+the gateway last described it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncpg
 import structlog
 
 from ingest import queries
+from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, clean_text, server_name
 from shared.db import redacted
 from shared.feed import MESSAGE_MAX_CHARS
@@ -88,6 +91,9 @@ class GuildSource(Protocol):
     def owns(self, server_id: str) -> bool:
         """Whether the guild belongs to one of this worker's shards."""
 
+    def channels(self, server_id: str) -> list[ChannelRow] | None:
+        """Every channel of the guild with its relay default, or None when the guild is not seen."""
+
 
 class Heartbeat(NamedTuple):
     """This process and the state of each of its shards, written to ``ingest_heartbeat``."""
@@ -138,6 +144,7 @@ class WriterStats:
     resyncs: int = 0  # bulk changes announced as one resync instead of row events
     messages_relayed: int = 0
     messages_dropped: int = 0
+    messages_withheld: int = 0  # not relayed: server or channel not relayed, or an unknown channel
     rows_rejected: int = 0
     reconnects: int = 0
     failures: int = 0  # failed attempts to write (or probe) since start
@@ -196,6 +203,7 @@ class Writer:
         self._n_pending = 0
         self._ops: dict[str, _Op] = {}
         self._reconcile: set[str] | None = None
+        self._channel_syncs: set[str] = set()  # guilds whose channel rows are re-read at the next flush
         self._messages: deque[ChatLine] = deque()
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -243,11 +251,18 @@ class Writer:
             log.info("writer_closed_ignoring", work="sync", server_id=server_id)
             return
         self._ops[server_id] = _Op("sync")
+        self._channel_syncs.add(server_id)
+        self._wake.set()
+
+    def sync_channels(self, server_id: str) -> None:
+        """Re-read the guild's channels at the next flush: upsert every one, delete the vanished ones."""
+        self._channel_syncs.add(server_id)
         self._wake.set()
 
     def depart_guild(self, server_id: str) -> None:
         """The bot left the guild: mark the server departed and delete its members' rows."""
         self._ops[server_id] = _Op("depart")
+        self._channel_syncs.discard(server_id)
         dropped = self._pending.pop(server_id, None)  # older than the departure
         if dropped:
             self._n_pending -= len(dropped)
@@ -299,7 +314,12 @@ class Writer:
     def idle(self) -> bool:
         """Nothing is waiting to be written."""
         return not (
-            self._n_pending or self._ops or self._messages or self._reconcile is not None or self._flushing
+            self._n_pending
+            or self._ops
+            or self._channel_syncs
+            or self._messages
+            or self._reconcile is not None
+            or self._flushing
         )
 
     @property
@@ -464,6 +484,7 @@ class Writer:
             for server_id in self._source.server_ids():
                 if server_id not in self._ops:
                     self._ops[server_id] = _Op("sync")
+                self._channel_syncs.add(server_id)
             self._wake.set()
 
     async def _failed(self, exc: Exception, conn: asyncpg.Connection | None) -> None:
@@ -531,6 +552,7 @@ class Writer:
                 snapshot = self._source.snapshot(server_id)
                 if snapshot is not None:
                     snapshots[server_id] = snapshot
+        channel_syncs, self._channel_syncs = self._channel_syncs, set()
         batch = self._take_batch()
         messages = self._take_messages()
         done: set[str] = set()
@@ -541,6 +563,10 @@ class Writer:
             for server_id, op in ops.items():
                 await self._apply_op(conn, server_id, op, snapshots.get(server_id))
                 done.add(server_id)
+            channels = self._read_channels(channel_syncs)
+            if channel_syncs:
+                await self._write_channels(conn, channel_syncs, channels)
+                channel_syncs = set()
             if batch:
                 await self._write_batch(conn, batch)
                 batch = []
@@ -549,6 +575,7 @@ class Writer:
                 messages = []
         except BaseException:
             self._restore(ops, done, batch, messages, reconcile)
+            self._channel_syncs |= channel_syncs
             raise
 
     def _take_batch(self) -> list[tuple[str, dict[str, _Entry]]]:
@@ -646,13 +673,43 @@ class Writer:
                     error=f"{type(exc).__name__}: {exc}",
                 )
 
+    def _read_channels(self, server_ids: set[str]) -> list[ChannelRow]:
+        """The channel rows of these guilds from the source; a guild no longer seen keeps its rows."""
+        rows: list[ChannelRow] = []
+        for server_id in list(server_ids):
+            found = self._source.channels(server_id)
+            if found is None:
+                server_ids.discard(server_id)
+            else:
+                rows.extend(found)
+        return rows
+
+    async def _write_channels(
+        self, conn: asyncpg.Connection, server_ids: set[str], rows: list[ChannelRow]
+    ) -> None:
+        """Make the channel rows of these guilds equal ``rows`` in one statement (``relay`` untouched)."""
+        try:
+            await conn.execute(queries.WRITE_CHANNELS, *_columns(rows, 4), sorted(server_ids))
+        except ROW_ERRORS as exc:
+            # Fail closed: the stored rows may be stale, so no chat of these guilds is relayed (unless an
+            # operator set relay) until a later channel event writes them again.
+            log.error(
+                "channels_rejected",
+                server_ids=sorted(server_ids),
+                channels=len(rows),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await conn.execute(queries.CHANNELS_CLOSE, sorted(server_ids))
+
     async def _write_messages(self, conn: asyncpg.Connection, messages: list[ChatLine]) -> None:
         try:
-            await conn.execute(queries.RELAY_MESSAGES, *_columns(messages, 5))
+            status = await conn.execute(queries.RELAY_MESSAGES, *_columns(messages, 5))
         except ROW_ERRORS as exc:
             log.error("messages_rejected", error=f"{type(exc).__name__}: {exc}", messages=len(messages))
             return
-        self.stats.messages_relayed += len(messages)
+        relayed = int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
+        self.stats.messages_relayed += relayed
+        self.stats.messages_withheld += len(messages) - relayed
 
     async def _apply_op(
         self, conn: asyncpg.Connection, server_id: str, op: _Op, snapshot: GuildSnapshot | None

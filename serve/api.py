@@ -7,6 +7,7 @@ registered callback replaces its default, so the d-back guide's provider example
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from serve.limits import AddressCounter
 from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
+from serve.tls import CertificateError, CertificateFiles, ReloadingContext
 from shared import db
 from shared.settings import ServeSettings, load
 
@@ -44,8 +46,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> type[ServerConnection]:
-    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``.
+def _viewer_connection_class(
+    grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
+) -> type[ServerConnection]:
+    """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
+    at once when it holds more than ``max_unsent`` bytes, and tells the hub when it pauses and drains.
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -56,6 +61,7 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            hub.writing_paused(self)
             self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
 
         def resume_writing(self) -> None:
@@ -63,12 +69,23 @@ def _viewer_connection_class(grace_s: float, on_drop: Callable[[], None]) -> typ
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
                 self._slow_timer = None
+            hub.writing_resumed(self)
+
+        def send_data(self) -> None:
+            super().send_data()
+            unsent = self.transport.get_write_buffer_size()
+            if unsent > max_unsent and not self.transport.is_closing():
+                log.info("viewer_over_memory_cap_dropped", peer=str(self.remote_address), unsent=unsent)
+                self._drop()
 
         def _drop_if_still_full(self) -> None:
             if self.paused:
                 log.info("slow_viewer_dropped", peer=str(self.remote_address), grace_s=grace_s)
-                on_drop()
-                self.transport.abort()
+                self._drop()
+
+        def _drop(self) -> None:
+            on_drop()
+            self.transport.abort()
 
     return ViewerConnection
 
@@ -98,6 +115,11 @@ class WebSocketServer:
         self._hub: Hub | None = None
         self._closed = asyncio.Event()
         self._closing = False
+        self._draining = False
+        self._drain_over = asyncio.Event()  # a second signal, or the last viewer left
+        self._drain_task: asyncio.Task[None] | None = None
+        self.tls: ReloadingContext | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self.version = _version()
 
@@ -167,9 +189,27 @@ class WebSocketServer:
     def needs_database(self) -> bool:
         return self._callbacks.server_data is None or self._callbacks.user_data is None
 
+    def _load_tls(self) -> None:
+        """Read the certificate pair before anything else, so a bad one fails the start at once."""
+        s = self.settings
+        if not (s.tls_cert_file and s.tls_key_file):
+            return
+        files = CertificateFiles(
+            Path(s.tls_cert_file),
+            Path(s.tls_key_file),
+            Path(s.tls_key_password_file) if s.tls_key_password_file else None,
+            s.tls_min_version,
+            s.tls_ciphers,
+        )
+        try:
+            self.tls = ReloadingContext(files)
+        except CertificateError as exc:
+            raise ServeError(f"TLS: {exc}") from None
+
     async def open(self) -> None:
         """Connect, read the server list, start the relay and listen; returns once serving."""
         s = self.settings
+        self._load_tls()
         pool = None
         if self.needs_database:
             if not s.database_url:
@@ -180,7 +220,14 @@ class WebSocketServer:
                 )
             except (OSError, TimeoutError) as exc:
                 raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
-        identity = DiscordIdentity(s.discord_api_base, s.oauth_timeout_s, s.oauth_cache_s)
+        identity = DiscordIdentity(
+            s.discord_api_base,
+            s.oauth_timeout_s,
+            s.oauth_cache_s,
+            failure_cache_s=s.oauth_failure_cache_s,
+            calls_per_s=s.oauth_calls_per_s,
+            calls_per_address_per_s=s.oauth_calls_per_ip_per_s,
+        )
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
             self._listener = FeedListener(
@@ -215,14 +262,18 @@ class WebSocketServer:
             ping_timeout=s.ping_timeout_s,
             origins=[*s.allowed_origins, None] if s.allowed_origins else None,  # type: ignore[list-item]
             create_connection=_viewer_connection_class(
-                s.slow_viewer_grace_s, self.metrics.slow_viewers_dropped.inc
+                s.slow_viewer_grace_s, s.socket_buffer_max_bytes, hub, self.metrics.slow_viewers_dropped.inc
             ),
             server_header=None,
+            ssl=self.tls.context if self.tls else None,
         )
+        if self.tls is not None:
+            self._tls_task = asyncio.create_task(self.tls.watch(s.tls_reload_interval_s))
         log.info(
             "serving",
             host=s.host,
             port=self.port,
+            tls=self.tls is not None,
             static_dir=str(self.static_dir),
             database=bool(pool),
             callbacks=[k for k, v in vars(self._callbacks).items() if v],
@@ -234,6 +285,10 @@ class WebSocketServer:
             await self._closed.wait()
             return
         self._closing = True
+        self._drain_over.set()  # a drain in progress has nothing left to wait for
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            await asyncio.gather(self._tls_task, return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -255,17 +310,55 @@ class WebSocketServer:
     async def stop(self) -> None:
         await self.close()
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new sockets and answer /readyz 503, serve open viewers up to ``seconds``, then close.
+
+        The wait ends early when the last viewer has left or :meth:`end_drain` is called.
+        """
+        if not self._draining and not self._closing:
+            self._draining = True
+            viewers = len(self._hub.sessions) if self._hub else 0
+            log.info("draining", seconds=seconds, viewers=viewers)
+            if viewers == 0:
+                self._drain_over.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_over.wait(), seconds)
+            log.info("drained", viewers_left=len(self._hub.sessions) if self._hub else 0)
+        await self.close()
+
+    def end_drain(self) -> None:
+        """Stop waiting: close viewers now (with 1001); when already closing, drop what is left."""
+        if self._closing and self._hub is not None:
+            log.warning("closing_abruptly", sockets=len(self._hub.sessions))
+            for ws in list(self._hub.sessions):
+                ws.transport.abort()
+        self._drain_over.set()
+
+    def _on_signal(self) -> None:
+        """First SIGTERM/SIGINT drains (``DZONE_DRAIN_S``); the next one ends the drain at once."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self.drain(self.settings.drain_s))
+            self._drain_task.add_done_callback(lambda _task: self._closed.set())  # even if it failed
+        else:
+            self.end_drain()
+
     async def run_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        """Serve until SIGTERM or SIGINT, drain the open viewers, then shut down gracefully."""
         loop = asyncio.get_running_loop()
         await self.open()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
+            loop.add_signal_handler(sig, self._on_signal)
         try:
             await self._closed.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if self._drain_task is not None:
+            await self._drain_task  # a shutdown that failed ends the process with its error
         log.info("stopped")
 
     # ------------------------------------------------------------ readiness
@@ -273,6 +366,8 @@ class WebSocketServer:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = the listener is connected (when there is one) and no data source is failing."""
         problems: dict[str, Any] = {}
+        if self._draining or self._closing:
+            problems["draining"] = "shutting down: send new viewers to another replica"
         if self._listener is not None and not self._listener.connected:
             problems["listener"] = self._listener.last_error or "disconnected"
         if self._hub is not None:
@@ -289,6 +384,8 @@ class WebSocketServer:
             await self._hub.handle(ws)
         finally:
             self._addresses.remove(address)
+            if self._draining and not self._hub.sessions:
+                self._drain_over.set()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if http.is_upgrade(request):
@@ -309,6 +406,9 @@ class WebSocketServer:
         assert self._hub is not None
         s = self.settings
         address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if self._draining:
+            self.metrics.refused.inc()
+            return http.text_response(503, "Server is restarting\n", extra={"Retry-After": "5"})
         if self._hub.directory is None:
             self.metrics.refused.inc()
             return http.text_response(503, "Server list not loaded yet\n", extra={"Retry-After": "5"})
@@ -332,7 +432,11 @@ class WebSocketServer:
             if answer is not None:
                 content_type, file_path = answer
                 target = Path(file_path)
-                if not await asyncio.to_thread(target.is_file):
+                try:
+                    is_file = await asyncio.to_thread(target.is_file)
+                except (OSError, ValueError):  # the callback built a name the file system refuses
+                    is_file = False
+                if not is_file:
                     return http.not_found(head)
                 return await http.file_response(target, head=head, content_type=content_type)
         if path == "/api/version":
@@ -356,25 +460,23 @@ class WebSocketServer:
         return await http.file_response(found, head=head)
 
     def status(self) -> dict[str, Any]:
-        """A small public summary for the status page: servers and viewer counts, nothing secret."""
+        """A small public summary for the status page: the server-list's entries, with member and viewer
+        counts only for servers anyone may join (a passworded server's audience is not public)."""
         hub = self._hub
         ready, _problems = self.readiness()
-        servers = []
+        servers: list[dict[str, Any]] = []
         if hub is not None and hub.directory is not None:
             for info in hub.directory.servers:
-                state = hub.states.get(info.key)
-                servers.append(
-                    {
-                        "id": info.id,
-                        "name": info.name,
-                        "viewers": len(state.viewers) if state else 0,
-                        "members": len(state.members) if state else None,
-                    }
-                )
+                entry = info.list_entry()
+                if not info.passworded:
+                    state = hub.states.get(info.key)
+                    entry["viewers"] = len(state.viewers) if state else 0
+                    entry["members"] = len(state.members) if state else None
+                servers.append(entry)
         return {
             "version": self.version,
             "ready": ready,
-            "connections": len(hub.sessions) if hub else 0,
+            "draining": self.draining,
             "uptime_s": round(time.time() - self._started_at),
             "servers": servers,
         }

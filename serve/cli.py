@@ -1,4 +1,7 @@
-"""``dzone serve``: run the WebSocket + HTTP server until SIGTERM/SIGINT (then exit 0)."""
+"""``dzone serve``: run the WebSocket + HTTP server (TLS with ``DZONE_TLS_*``) until SIGTERM/SIGINT.
+
+The first signal drains for ``DZONE_DRAIN_S`` (docs/deploy.md), a second ends the drain; exit 0 either way.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,10 @@ from shared.settings import ConfigError, ServeSettings, load
     help="Serve this directory (a d-zone build) at / instead of the built-in status page.",
 )
 def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
-    """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them."""
+    """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them.
+
+    SIGTERM drains: /readyz 503, new sockets refused, open viewers kept DZONE_DRAIN_S (120 s), then 1001.
+    """
     from serve.api import ServeError, WebSocketServer
 
     overrides: dict[str, object] = {}

@@ -29,6 +29,8 @@ ERR_AUTH_FAILED = "Discord authentication failed. Please try logging in again."
 ERR_NOT_MEMBER = "Your Discord account is not a member of this server."
 ERR_AUTH_UNAVAILABLE = "Discord could not be reached to check your login. Please try again in a moment."
 ERR_UNAVAILABLE = "This server is temporarily unavailable. Please try again in a moment."
+ERR_AUTH_THROTTLED = "Too many Discord logins are being checked right now. Please try again in a moment."
+ERR_ACCESS_LOST = "You no longer have access to this Discord server. Pick another server to keep watching."
 
 
 class ProtocolError(Exception):

@@ -11,7 +11,7 @@ import email.utils
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import orjson
 from websockets.datastructures import Headers
@@ -19,6 +19,7 @@ from websockets.http11 import Request, Response
 
 PACKAGED_WEB = Path(__file__).resolve().parent / "web"
 MAX_STATIC_BYTES = 32 * 1024 * 1024  # a d-zone build's largest file is a few MB
+MAX_PATH_CHARS = 1024  # a d-zone build's longest path is under 100 characters
 
 # Names d-zone's build uses that mimetypes may not know everywhere.
 _EXTRA_TYPES = {
@@ -71,8 +72,9 @@ def text_response(
 
 
 def request_path(request: Request) -> str:
-    """The decoded path without query string."""
-    return unquote(urlsplit(request.path).path) or "/"
+    """The decoded path without query string (split by hand: urlsplit raises on "//[x" and would read
+    "//host/x" as a host)."""
+    return unquote(request.path.partition("?")[0].partition("#")[0]) or "/"
 
 
 def content_type_of(path: Path) -> str:
@@ -87,27 +89,32 @@ def content_type_of(path: Path) -> str:
 
 
 def resolve_static(root: Path, url_path: str) -> Path | None:
-    """The file under ``root`` that ``url_path`` names, or None when missing or outside ``root``."""
+    """The file under ``root`` that ``url_path`` names, or None when missing, outside ``root`` or not a
+    name the file system can hold (too long, NUL, unencodable): a client's mistake is a 404, never a 500."""
     relative = url_path.lstrip("/") or "index.html"
-    if "\x00" in relative:
+    if "\x00" in relative or len(relative) > MAX_PATH_CHARS:
         return None
     try:
         candidate = (root / relative).resolve()
-    except (OSError, RuntimeError):
+        if not candidate.is_relative_to(root):
+            return None
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        return candidate if candidate.is_file() else None
+    except (OSError, RuntimeError, ValueError):  # ENAMETOOLONG, a symlink loop, a surrogate or NUL
         return None
-    if not candidate.is_relative_to(root):
-        return None
-    if candidate.is_dir():
-        candidate = candidate / "index.html"
-    return candidate if candidate.is_file() else None
 
 
 async def file_response(path: Path, *, head: bool, content_type: str | None = None) -> Response:
-    """A file from disk, read off the event loop; html is revalidated, assets cached for an hour."""
-    size = (await asyncio.to_thread(path.stat)).st_size
-    if size > MAX_STATIC_BYTES:
-        return text_response(413, "File too large to serve\n", head=head)
-    body = b"" if head else await asyncio.to_thread(path.read_bytes)
+    """A file from disk, read off the event loop; html is revalidated, assets cached for an hour.
+    A file that vanished or cannot be read between resolving and reading is a 404."""
+    try:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size > MAX_STATIC_BYTES:
+            return text_response(413, "File too large to serve\n", head=head)
+        body = b"" if head else await asyncio.to_thread(path.read_bytes)
+    except (OSError, ValueError):
+        return not_found(head)
     kind = content_type or content_type_of(path)
     cache = "no-cache" if kind.startswith("text/html") else "public, max-age=3600"
     return response(200, body, kind, head=head, cache=cache, length=size)

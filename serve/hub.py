@@ -22,7 +22,7 @@ from serve import frames, providers
 from serve.frames import ConnectRequest, ProtocolError
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
-from serve.oauth import AuthRejected, AuthUnavailable, DiscordIdentity
+from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
 from serve.providers import ProviderError
 from serve.world import (
     Directory,
@@ -30,6 +30,7 @@ from serve.world import (
     ServerInfo,
     ServerState,
     diff_presences,
+    encode_join,
     presence_for_change,
     visible,
 )
@@ -37,6 +38,8 @@ from shared.feed import ChatMessage, FeedEvent, ServerChanged, ServerResync, Use
 from shared.settings import ServeSettings
 
 log = structlog.get_logger(__name__)
+
+JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (also on every drain)
 
 ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 ClientIdCallback = Callable[[str], Awaitable[str | None]]
@@ -54,12 +57,28 @@ class Callbacks:
 
 @dataclass(eq=False)
 class Session:
-    """One socket: the server it views (None before its first join) and its pacing."""
+    """One socket: the server it views (None before its first join or after it lost access), its pacing,
+    and how it was admitted there: ``authenticated`` passed a passworded check, as Discord user ``user_id``
+    (None when a registered validate callback decided)."""
 
     ws: ServerConnection
     address: str
     pacer: Pacer
     state: ServerState | None = None
+    authenticated: bool = False
+    user_id: str | None = None
+    pending: PendingJoin | None = None  # a join waiting for write budget (a newer one replaces it)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJoin:
+    """A join that passed its checks; its snapshot is encoded when written, so it is never stale."""
+
+    state: ServerState
+    info: ServerInfo
+    client_id: str | None
+    authenticated: bool
+    user_id: str | None
 
 
 @dataclass
@@ -93,8 +112,15 @@ class Hub:
         self._resyncing: dict[str, asyncio.Task[None]] = {}
         self._resync_again: set[str] = set()
         self._directory_task: asyncio.Task[Directory] | None = None
-        self._directory_again = False
-        self._background: set[asyncio.Task[Any]] = set()
+        # While the server list is read from the database: the server notifications that arrived, to
+        # replay on top of the read (they are also applied at once, so access changes take effect now).
+        self._server_events: list[ServerChanged] | None = None
+        # Write budget: sockets whose transport is above its write limit (paused), sockets per address,
+        # and sessions whose join waits for budget (retried on drain and on a short timer).
+        self.paused: set[ServerConnection] = set()
+        self.by_address: dict[str, set[Session]] = {}
+        self._deferred: set[Session] = set()
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def servers_from_db(self) -> bool:
@@ -109,8 +135,6 @@ class Hub:
     async def refresh_directory(self) -> Directory:
         """Re-read the servers (single flight: concurrent callers share one read); keep the last good on failure."""
         if self._directory_task is not None:
-            if self.servers_from_db:
-                self._directory_again = True  # a change may have landed after the read in flight started
             return await asyncio.shield(self._directory_task)
         self._directory_task = asyncio.create_task(self._read_directory())
         try:
@@ -119,33 +143,34 @@ class Hub:
             self._directory_task = None
 
     async def _read_directory(self) -> Directory:
-        while True:
-            self._directory_again = False
-            try:
-                if self.callbacks.server_data is not None:
-                    raw = await providers.call_provider(
-                        "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
-                    )
-                    servers = providers.validate_servers(raw)
-                else:
-                    assert self.pool is not None
-                    servers = await providers.db_servers(self.pool)
-            except ProviderError as exc:
-                self.health.problems["servers"] = str(exc)
-                log.error(
-                    "server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None
+        try:
+            if self.callbacks.server_data is not None:
+                raw = await providers.call_provider(
+                    "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
                 )
-                if self.directory is None:
-                    raise
-                return self.directory
-            self.health.problems.pop("servers", None)
-            self.apply_directory(Directory(servers))
-            if not self._directory_again:
-                assert self.directory is not None
-                return self.directory
+                servers = providers.validate_servers(raw)
+            else:
+                assert self.pool is not None
+                self._server_events = []
+                servers = await providers.db_servers(self.pool)
+        except ProviderError as exc:
+            self.health.problems["servers"] = str(exc)
+            log.error("server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None)
+            if self.directory is None:
+                raise
+            return self.directory
+        finally:
+            arrived, self._server_events = self._server_events or [], None
+        self.health.problems.pop("servers", None)
+        directory = Directory(servers)
+        for event in arrived:  # full rows, in commit order: replaying converges on the newest
+            directory = directory.with_server(event.server_id, providers.feed_server(event))
+        self.apply_directory(directory)
+        return directory
 
     def apply_directory(self, new: Directory) -> None:
-        """Switch to ``new``; viewers of a server whose hide_offline or client id changed get the difference."""
+        """Switch to ``new``. Viewers who may no longer view their server lose it now (the one place access
+        is re-decided); the others get the difference when hide_offline or the client id changed."""
         old = self.directory
         self.directory = new
         for key, state in self.states.items():
@@ -154,6 +179,7 @@ class Hub:
             if before == after:
                 continue
             state.invalidate()
+            self._cut_unqualified(state, after)
             if before is None or after is None or not state.viewers:
                 continue
             if before.hide_offline != after.hide_offline:
@@ -164,6 +190,46 @@ class Hub:
             new_client_id = self._static_client_id(after)
             if new_client_id and new_client_id != self._static_client_id(before):
                 self._send_to_viewers(state, frames.client_id_frame(key, new_client_id))
+
+    # ------------------------------------------------------------ access
+
+    def _qualifies(
+        self, state: ServerState, info: ServerInfo | None, authenticated: bool, user_id: str | None
+    ) -> bool:
+        """May a socket admitted this way view ``state``'s server as ``info`` (None: not joinable) says now?"""
+        if info is None:
+            return False
+        if not info.passworded:
+            return True
+        if not authenticated:
+            return False
+        return user_id is None or self._member_now(state, user_id)
+
+    def _member_now(self, state: ServerState, user_id: str) -> bool:
+        """Membership as of the last notification, counting those buffered while the server is re-read."""
+        present = user_id in state.members
+        for event in state.buffer or ():
+            if isinstance(event, UserUpserted | UserDeleted) and event.user_id == user_id:
+                present = isinstance(event, UserUpserted)
+        return present
+
+    def _cut_unqualified(self, state: ServerState, info: ServerInfo | None) -> None:
+        for ws in tuple(state.viewers):
+            session = self.sessions[ws]
+            if not self._qualifies(state, info, session.authenticated, session.user_id):
+                self._cut(session, "server gone" if info is None else "not authorised")
+
+    def _cut(self, session: Session, reason: str) -> None:
+        """Stop sending this socket its server (synchronously, before any later event) and tell it why.
+        The d-zone client shows the alert and keeps its (now frozen) world: it does not reconnect-loop."""
+        state = session.state
+        assert state is not None
+        state.viewers.discard(session.ws)
+        session.state, session.authenticated, session.user_id = None, False, None
+        self.metrics.viewers_cut.inc()
+        self.metrics.join_errors.inc()
+        broadcast((session.ws,), frames.error_frame(frames.ERR_ACCESS_LOST), text=True)
+        log.info("viewer_access_lost", server=state.key, peer=session.address, reason=reason)
 
     def _info(self, key: str) -> ServerInfo | None:
         return self.directory.by_key.get(key) if self.directory else None
@@ -178,13 +244,15 @@ class Hub:
         """Apply one notification; runs synchronously in commit order (called by the listener)."""
         if isinstance(event, ServerChanged):
             if self.servers_from_db:
-                self._spawn(self._refresh_directory_logged())
+                self._on_server_changed(event)
             return
         if not self.users_from_db:
             return
         state = self.states.get(event.server_id)
         if state is None:
             return  # nobody has joined this server: nothing cached, nothing to send
+        if isinstance(event, UserDeleted):
+            self._cut_member(state, event.user_id)
         if isinstance(event, ServerResync):
             if state.live:
                 self.request_resync(state)
@@ -193,6 +261,27 @@ class Hub:
             state.buffer.append(event)
             return
         self._apply(state, event)
+
+    def _on_server_changed(self, event: ServerChanged) -> None:
+        """Apply a server's new row at once: access is decided here, in commit order, not after a re-read."""
+        if self._server_events is not None:
+            self._server_events.append(event)  # a read is in flight: replay on top of its result too
+        if self.directory is None:
+            return
+        info = providers.feed_server(event)
+        if self.directory.by_key.get(event.server_id) == info:
+            return  # e.g. only synced_at changed: nothing a viewer sees or access depends on
+        self.apply_directory(self.directory.with_server(event.server_id, info))
+
+    def _cut_member(self, state: ServerState, user_id: str) -> None:
+        """A member row went away: on a passworded server, that user's sockets lose it now."""
+        info = self._info(state.key)
+        if info is None or not info.passworded:
+            return
+        for ws in tuple(state.viewers):
+            session = self.sessions[ws]
+            if session.user_id == user_id:
+                self._cut(session, "member row deleted")
 
     def _apply(self, state: ServerState, event: FeedEvent) -> None:
         key = state.key
@@ -292,6 +381,7 @@ class Hub:
         state.buffer = None
         state.live = True
         state.invalidate()
+        self._cut_unqualified(state, self._info(state.key))  # a bulk change may have removed members
         if state.viewers:
             hide = self._hide_offline(state.key)
             for frame in diff_presences(state.key, old, members, hide, hide):
@@ -347,6 +437,7 @@ class Hub:
         address = _address(ws)
         session = Session(ws, address, Pacer(self.settings.connects_per_minute))
         self.sessions[ws] = session
+        self.by_address.setdefault(address, set()).add(session)
         self.metrics.connections.inc()
         try:
             directory = self.directory
@@ -354,6 +445,7 @@ class Hub:
                 directory = await self.refresh_directory()
             await ws.send(directory.list_frame, text=True)
             async for message in ws:
+                self.metrics.connect_requests.inc()
                 delay = session.pacer.delay()
                 if delay > 0:
                     await asyncio.sleep(delay)  # rule 15: slow this socket down, never close it
@@ -371,6 +463,12 @@ class Hub:
             if session.state is not None:
                 session.state.viewers.discard(ws)
             del self.sessions[ws]
+            self.paused.discard(ws)
+            self._deferred.discard(session)
+            neighbours = self.by_address[address]
+            neighbours.discard(session)
+            if not neighbours:
+                del self.by_address[address]
             self.metrics.connections.dec()
 
     async def _send_error(self, ws: ServerConnection, message: str) -> None:
@@ -390,37 +488,104 @@ class Hub:
         if info is None:
             await self._send_error(session.ws, frames.ERR_NOT_FOUND)
             return
+        authenticated, user_id = False, None
         if info.passworded:
-            refusal = await self.authorize(info, request)
+            refusal, user_id = await self.authorize(info, request, session.address)
             if refusal is not None:
                 await self._send_error(session.ws, refusal)
                 return
+            authenticated = True
         try:
             state = await self.live_state(info.key)
         except ProviderError:
             await self._send_error(session.ws, frames.ERR_UNAVAILABLE)
             return
         client_id = await self.client_id(info)
-        info = self._info(info.key) or info  # settings may have changed while we waited
-        if self.callbacks.client_id is not None:
-            from serve.world import encode_join
+        if session.pending is not None:
+            self.metrics.joins_replaced.inc()
+        session.pending = PendingJoin(state, info, client_id, authenticated, user_id)
+        self._write_join(session)
 
-            frame = encode_join(info, state.members, client_id, self.settings.snapshot_max_users)
+    def _write_join(self, session: Session, totals: UnsentTotals | None = None) -> None:
+        """Write the session's pending join if access and the write budget allow, in one synchronous step
+        (switch servers, write the snapshot, subscribe) so no event slips between snapshot and subscription.
+        Over budget it stays pending; access lost meanwhile answers the error instead."""
+        pending = session.pending
+        assert pending is not None
+        state = pending.state
+        # Access may have changed while the join waited: decide on the current row.
+        current = self._info(pending.info.key) if self.servers_from_db else pending.info
+        if not self._qualifies(state, current, pending.authenticated, pending.user_id):
+            self._undefer(session)
+            self.metrics.join_errors.inc()
+            refusal = _refusal_after_wait(current, pending.authenticated)
+            broadcast((session.ws,), frames.error_frame(refusal), text=True)
+            return
+        assert current is not None
+        max_users = self.settings.snapshot_max_users
+        if self.callbacks.client_id is not None:
+            frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
-            frame = state.join_frame(info, client_id, self.settings.snapshot_max_users)
-        # One synchronous step: no event can slip between the snapshot and the subscription.
+            frame = state.join_frame(current, pending.client_id, max_users)
+        totals = totals if totals is not None else UnsentTotals(self)
+        if not totals.allow(session, len(frame)):
+            if session not in self._deferred:
+                self.metrics.joins_deferred.inc()
+                self._deferred.add(session)
+            self._schedule_retry()
+            return
+        self._undefer(session)
         if session.state is not None:
             session.state.viewers.discard(session.ws)
         broadcast((session.ws,), frame, text=True)
         state.viewers.add(session.ws)
-        session.state = state
+        session.state, session.authenticated, session.user_id = state, pending.authenticated, pending.user_id
         self.metrics.joins.inc()
 
-    async def authorize(self, info: ServerInfo, request: ConnectRequest) -> str | None:
-        """None if the socket may join passworded ``info`` (rule 17), else the error text to send."""
+    # ------------------------------------------------------------ write budget
+
+    def _undefer(self, session: Session) -> None:
+        session.pending = None
+        self._deferred.discard(session)
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(JOIN_RETRY_S, self._retry_deferred)
+
+    def _retry_deferred(self) -> None:
+        self._retry = None
+        totals = UnsentTotals(self)  # summed once for the whole round, not once per waiting join
+        for session in tuple(self._deferred):
+            if session.pending is not None and session.ws in self.sessions:
+                self._write_join(session, totals)
+            else:
+                self._deferred.discard(session)
+
+    def writing_paused(self, ws: ServerConnection) -> None:
+        """The socket's transport went above its write limit (called by the connection)."""
+        self.paused.add(ws)
+
+    def writing_resumed(self, ws: ServerConnection) -> None:
+        """The socket drained below its low-water mark: a join waiting for it may go now."""
+        self.paused.discard(ws)
+        session = self.sessions.get(ws)
+        if session is not None and session.pending is not None:
+            self._write_join(session)
+
+    async def authorize(
+        self, info: ServerInfo, request: ConnectRequest, address: str = "?"
+    ) -> tuple[str | None, str | None]:
+        """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
+        (the error text to send, None)."""
+        refusal, user_id = await self._check_token(info, request, address)
+        return refusal, (user_id if refusal is None else None)
+
+    async def _check_token(
+        self, info: ServerInfo, request: ConnectRequest, address: str
+    ) -> tuple[str | None, str | None]:
         token = request.discord_token
         if token is None:
-            return frames.ERR_AUTH_REQUIRED
+            return frames.ERR_AUTH_REQUIRED, None
         if self.callbacks.validate_discord_user is not None:
             try:
                 ok = await providers.call_provider(
@@ -430,25 +595,28 @@ class Hub:
                 )
             except ProviderError as exc:
                 log.error("discord_validation_failed", server=info.key, error=str(exc))
-                return frames.ERR_AUTH_UNAVAILABLE
-            return None if ok is True else frames.ERR_AUTH_FAILED
+                return frames.ERR_AUTH_UNAVAILABLE, None
+            return (None if ok is True else frames.ERR_AUTH_FAILED), None
         try:
-            user_id = await self.identity.user_id(token)
+            user_id = await self.identity.user_id(token, address)
+        except AuthThrottled as exc:
+            log.debug("discord_auth_throttled", server=info.key, peer=address, reason=str(exc))
+            return frames.ERR_AUTH_THROTTLED, None
         except AuthRejected as exc:
             log.info("discord_auth_refused", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_FAILED
+            return frames.ERR_AUTH_FAILED, None
         except AuthUnavailable as exc:
             log.warning("discord_auth_unavailable", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_UNAVAILABLE
+            return frames.ERR_AUTH_UNAVAILABLE, None
         try:
             member = await self.is_member(info.key, user_id)
         except ProviderError as exc:
             log.error("membership_check_failed", server=info.key, error=str(exc))
-            return frames.ERR_UNAVAILABLE
+            return frames.ERR_UNAVAILABLE, None
         if not member:
             log.info("discord_auth_not_member", server=info.key, user=user_id)
-            return frames.ERR_NOT_MEMBER
-        return None
+            return frames.ERR_NOT_MEMBER, None
+        return None, user_id
 
     async def is_member(self, key: str, user_id: str) -> bool:
         if self.users_from_db:
@@ -519,24 +687,57 @@ class Hub:
         state = self.states.get(key)
         return tuple(state.viewers) if state else ()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _refresh_directory_logged(self) -> None:
-        try:
-            await self.refresh_directory()
-        except ProviderError as exc:
-            log.error("server_list_refresh_failed", error=str(exc))
-
     async def close(self) -> None:
-        tasks = [*self._background, *self._loading.values(), *self._resyncing.values()]
+        if self._retry is not None:
+            self._retry.cancel()
+        tasks: list[asyncio.Task[Any]] = [*self._loading.values(), *self._resyncing.values()]
         if self._directory_task is not None:
             tasks.append(self._directory_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class UnsentTotals:
+    """Unsent bytes per address and for the process, summed lazily and charged as snapshots are written,
+    to decide whether a snapshot fits the write budget (serve/hub.py's one place for that rule)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._process: int | None = None
+        self._addresses: dict[str, int] = {}
+
+    def allow(self, session: Session, size: int) -> bool:
+        """Not while the socket is above its write buffer, nor when the snapshot would take its address or
+        the process over their caps; when allowed, the totals are charged with ``size``."""
+        hub, s = self._hub, self._hub.settings
+        if session.ws in hub.paused or _unsent(session.ws) > s.write_buffer_bytes:
+            return False
+        address = self._addresses.get(session.address)
+        if address is None:
+            neighbours = hub.by_address.get(session.address, ())
+            address = self._addresses[session.address] = sum(_unsent(other.ws) for other in neighbours)
+        if self._process is None:
+            # Sockets below their write buffer hold less than it each; the big holders are the paused ones.
+            self._process = sum(_unsent(ws) for ws in hub.paused)
+        if address + size > s.address_buffer_max_bytes or self._process + size > s.process_buffer_max_bytes:
+            return False
+        self._addresses[session.address] = address + size
+        self._process += size
+        return True
+
+
+def _unsent(ws: ServerConnection) -> int:
+    """Bytes written to this socket that the kernel has not taken yet (held in our memory)."""
+    transport = ws.transport
+    return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+
+
+def _refusal_after_wait(current: ServerInfo | None, authenticated: bool) -> str:
+    """The error for a join whose server changed under it while it waited (gone, or now passworded)."""
+    if current is None:
+        return frames.ERR_NOT_FOUND
+    return frames.ERR_NOT_MEMBER if authenticated else frames.ERR_AUTH_REQUIRED
 
 
 def _address(ws: ServerConnection) -> str:

@@ -1,4 +1,4 @@
-"""Per-socket pacing and per-address connection counting (protocol rule 20)."""
+"""Per-socket pacing, per-address connection counting (protocol rule 20) and call rate limits."""
 
 from __future__ import annotations
 
@@ -42,3 +42,36 @@ class AddressCounter:
         self._counts[address] -= 1
         if self._counts[address] <= 0:
             del self._counts[address]
+
+
+class RateLimit:
+    """A token bucket of ``per_second`` calls with a burst of the same size (at least 1)."""
+
+    __slots__ = ("_last", "_rate", "_size", "_tokens")
+
+    def __init__(self, per_second: float) -> None:
+        self._size = max(1.0, per_second)
+        self._rate = per_second
+        self._tokens = self._size
+        self._last = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._size, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+
+    def available(self) -> bool:
+        self._refill()
+        return self._tokens >= 1.0
+
+    def take(self) -> bool:
+        """Use one call if there is one; False (nothing used) when over the rate."""
+        self._refill()
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def full(self) -> bool:
+        self._refill()
+        return self._tokens >= self._size

@@ -10,7 +10,16 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("dzone_serve_connections", "Open WebSocket connections", registry=r)
+        self.connect_requests = Counter(
+            "dzone_serve_connect_requests", "Client frames read (connect or not)", registry=r
+        )
         self.joins = Counter("dzone_serve_joins_total", "server-join frames sent", registry=r)
+        self.joins_deferred = Counter(
+            "dzone_serve_joins_deferred", "Joins that waited for write budget", registry=r
+        )
+        self.joins_replaced = Counter(
+            "dzone_serve_joins_replaced", "Waiting joins replaced by a newer connect", registry=r
+        )
         self.join_errors = Counter("dzone_serve_errors_total", "error frames sent", registry=r)
         self.frames_sent = Counter(
             "dzone_serve_event_deliveries_total", "Event frames delivered to viewers", registry=r
@@ -30,6 +39,9 @@ class ServeMetrics:
         self.probe_seconds = Gauge("dzone_serve_listener_probe_seconds", "Last probe round trip", registry=r)
         self.slow_viewers_dropped = Counter(
             "dzone_serve_slow_viewers_dropped_total", "Viewers dropped", registry=r
+        )
+        self.viewers_cut = Counter(
+            "dzone_serve_viewers_access_lost_total", "Viewers cut off when their access changed", registry=r
         )
         self.refused = Counter("dzone_serve_upgrades_refused_total", "Upgrades refused by limits", registry=r)
 

@@ -14,7 +14,8 @@ import asyncpg
 import structlog
 
 from serve import queries
-from serve.world import Member, ServerInfo
+from serve.world import Member, ServerInfo, database_order
+from shared.feed import ServerChanged
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,7 @@ async def db_servers(pool: asyncpg.Pool) -> list[ServerInfo]:
         rows = await pool.fetch(queries.SERVERS)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise ProviderError(f"reading discord_servers failed: {exc!r}") from exc
-    return [
+    servers = [
         ServerInfo(
             key=r["server_id"],
             id=r["alias"] or r["server_id"],
@@ -49,9 +50,29 @@ async def db_servers(pool: asyncpg.Pool) -> list[ServerInfo]:
             hide_offline=r["hide_offline"],
             relay_messages=r["relay_messages"],
             oauth_client_id=r["oauth_client_id"],
+            created_at=r["created_at"],
         )
         for r in rows
     ]
+    return sorted(servers, key=database_order)  # exactly the order feed updates keep
+
+
+def feed_server(event: ServerChanged) -> ServerInfo | None:
+    """The directory entry a ``server`` notification describes; None when viewers may not join it."""
+    row = event.row
+    if row is None or not row.joinable:
+        return None
+    return ServerInfo(
+        key=event.server_id,
+        id=row.alias or event.server_id,
+        name=row.name,
+        passworded=row.passworded,
+        is_default=row.is_default,
+        hide_offline=row.hide_offline,
+        relay_messages=row.relay_messages,
+        oauth_client_id=row.oauth_client_id,
+        created_at=row.created_at,
+    )
 
 
 async def db_members(pool: asyncpg.Pool, key: str) -> dict[str, Member]:

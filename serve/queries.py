@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 # The servers a viewer may join, in the stable order of the server-list. "First enabled server" (the
-# default when none is marked) is the first row of this order.
+# default when none is marked) is the first row of this order; serve/world.py database_order is the
+# same order for rows that arrive on the change feed (created_at as epoch seconds, as the feed sends it).
 SERVERS = """
-SELECT server_id, name, alias, passworded, is_default, hide_offline, relay_messages, oauth_client_id
+SELECT server_id, name, alias, passworded, is_default, hide_offline, relay_messages, oauth_client_id,
+       extract(epoch FROM created_at)::float8 AS created_at
 FROM discord_servers
 WHERE enabled AND departed_at IS NULL
 ORDER BY is_default DESC, created_at NULLS LAST, server_id

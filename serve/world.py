@@ -29,6 +29,7 @@ class ServerInfo:
     hide_offline: bool = False
     relay_messages: bool = True
     oauth_client_id: str | None = None
+    created_at: float | None = None  # epoch seconds (database servers): the server-list's order
 
     def list_entry(self) -> dict[str, Any]:
         """The server-list entry: only what the client needs, never a secret (rule 18)."""
@@ -48,11 +49,23 @@ class Directory:
             {"type": "server-list", "data": {s.key: s.list_entry() for s in self.servers}}
         )
 
+    def with_server(self, key: str, info: ServerInfo | None) -> Directory:
+        """This directory with server ``key`` replaced by ``info`` (None: removed), in the database's order."""
+        servers = [s for s in self.servers if s.key != key]
+        if info is not None:
+            servers.append(info)
+        return Directory(sorted(servers, key=database_order))
+
     def resolve(self, requested: str | None) -> ServerInfo | None:
         """None means the default; else the entry whose id matches, else the one whose snowflake does."""
         if requested is None:
             return self.default
         return self._by_id.get(requested) or self.by_key.get(requested)
+
+
+def database_order(info: ServerInfo) -> tuple[bool, bool, float, str]:
+    """serve/queries.py SERVERS' ORDER BY (is_default DESC, created_at NULLS LAST, server_id), in Python."""
+    return (not info.is_default, info.created_at is None, info.created_at or 0.0, info.key)
 
 
 @dataclass(slots=True)

@@ -413,7 +413,8 @@ def run(
     serve_args = ["serve", "--host", host, "--port", str(port)]
     if static_dir:
         serve_args += ["--static-dir", static_dir]
-    demo_run.spawn("serve", serve_args, env)
+    # One replica and nobody to hand viewers to: Ctrl-C closes them at once rather than draining.
+    demo_run.spawn("serve", serve_args, {"DZONE_DRAIN_S": "0", **env})
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown_host}:{port}"
     demo_run.wait_until(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), ready_timeout)

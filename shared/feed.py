@@ -1,7 +1,8 @@
 """The change feed: what the database announces on LISTEN channel ``dzone_feed``, as typed events.
 
-Triggers (and the two notify functions) in migrations/versions/0001_schema.py build the payloads;
-this module is their one decoder, and holds the SQL that writers use to take part in the feed.
+Triggers (and the two notify functions) in migrations/versions/ build the payloads (0003_server_feed.py
+the ``server`` one); this module is their one decoder, and holds the SQL that writers use to take part
+in the feed.
 docs/change-feed.md is the contract for anyone else listening.
 """
 
@@ -54,12 +55,36 @@ class UserDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerRow:
+    """The discord_servers columns a listener needs: who may view the server, and its server-list entry."""
+
+    name: str
+    alias: str | None
+    passworded: bool
+    is_default: bool
+    enabled: bool
+    departed: bool
+    hide_offline: bool
+    relay_messages: bool
+    oauth_client_id: str | None
+    created_at: float | None  # epoch seconds: the server-list's order
+
+    @property
+    def joinable(self) -> bool:
+        return self.enabled and not self.departed
+
+
+@dataclass(frozen=True, slots=True)
 class ServerChanged:
-    """A discord_servers row was inserted, changed (``deleted`` False) or deleted; re-read it."""
+    """A discord_servers row was inserted or changed (``row`` is the new row) or deleted (``row`` None)."""
 
     seq: int
     server_id: str
-    deleted: bool
+    row: ServerRow | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.row is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,35 @@ class ChatMessage:
 
 
 FeedEvent = UserUpserted | UserDeleted | ServerChanged | ServerResync | ChatMessage
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _flag(data: dict[str, object], name: str) -> bool:
+    value = data[name]
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false")
+    return value
+
+
+def _server_row(data: dict[str, object]) -> ServerRow:
+    created = data["created_at"]
+    if created is not None and not isinstance(created, int | float):
+        raise TypeError("created_at must be a number or null")
+    return ServerRow(
+        name=str(data["name"]),
+        alias=_optional_text(data["alias"]),
+        passworded=_flag(data, "passworded"),
+        is_default=_flag(data, "is_default"),
+        enabled=_flag(data, "enabled"),
+        departed=_flag(data, "departed"),
+        hide_offline=_flag(data, "hide_offline"),
+        relay_messages=_flag(data, "relay_messages"),
+        oauth_client_id=_optional_text(data["oauth_client_id"]),
+        created_at=None if created is None else float(created),
+    )
 
 
 def decode(payload: str | bytes) -> FeedEvent:
@@ -113,8 +167,10 @@ def decode(payload: str | bytes) -> FeedEvent:
                     str(data["role_color"]),
                 )
         elif kind == "server":
-            if data["op"] in ("upsert", "delete"):
-                return ServerChanged(seq, server_id, deleted=data["op"] == "delete")
+            if data["op"] == "delete":
+                return ServerChanged(seq, server_id, None)
+            if data["op"] == "upsert":
+                return ServerChanged(seq, server_id, _server_row(data))
         elif kind == "resync":
             return ServerResync(seq, server_id)
         elif kind == "message":

@@ -11,7 +11,7 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -118,6 +118,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     max_connections_per_ip: int = Field(default=500, ge=1)
     connects_per_minute: int = Field(default=30, ge=1)
     write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Unsent data held in memory: a socket above socket_buffer_max_bytes is dropped at once; a snapshot is
+    # written only while its address and the process stay under their caps (else the join waits).
+    socket_buffer_max_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    address_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    process_buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     snapshot_max_users: int = Field(default=2000, ge=1)
     message_max_chars: int = Field(default=300, ge=1, le=2000)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
@@ -125,6 +130,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     oauth_timeout_s: float = Field(default=5.0, gt=0)
     oauth_cache_s: float = Field(default=60.0, ge=0)
+    # Calls to Discord's users/@me: refusals cached this long, at most this many per second per client
+    # address and for the whole process (over it: an error frame, no call).
+    oauth_failure_cache_s: float = Field(default=10.0, ge=0)
+    oauth_calls_per_ip_per_s: float = Field(default=2.0, gt=0)
+    oauth_calls_per_s: float = Field(default=20.0, gt=0)
     # serve internals: how long a viewer may sit above its write buffer before it is dropped, how long a
     # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
     slow_viewer_grace_s: float = Field(default=10.0, gt=0)
@@ -133,6 +143,25 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     listener_probe_timeout_s: float = Field(default=3.0, gt=0)
     listener_backoff_max_s: float = Field(default=5.0, gt=0)
     pool_max_size: int = Field(default=5, ge=1)
+    # Native TLS (serve/tls.py): HTTP and WebSocket on the same port; the pair is re-read when the files
+    # change (certbot renewals), checked every TLS_RELOAD_INTERVAL_S.
+    tls_cert_file: str | None = None  # PEM chain, leaf first (certbot's fullchain.pem)
+    tls_key_file: str | None = None
+    tls_key_password_file: str | None = None  # for an encrypted key; the file holds the password
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2 (1.3 suites are OpenSSL's)
+    tls_reload_interval_s: float = Field(default=60.0, gt=0)
+    # Restarts (docs/deploy.md): on SIGTERM /readyz turns 503 and new sockets are refused, open viewers are
+    # served this long (or until they have all left), then closed with 1001. 0 = close at once.
+    drain_s: float = Field(default=120.0, ge=0)
+
+    @model_validator(mode="after")
+    def _tls_pair_complete(self) -> ServeSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("DZONE_TLS_CERT_FILE and DZONE_TLS_KEY_FILE must be set together")
+        if self.tls_key_password_file and not self.tls_key_file:
+            raise ValueError("DZONE_TLS_KEY_PASSWORD_FILE needs DZONE_TLS_KEY_FILE")
+        return self
 
     _origins = field_validator("allowed_origins", mode="before")(split_list)
 
@@ -156,6 +185,8 @@ def load(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_variable_name(cls, field)}: {error['msg']}")
+            if not error["loc"]:  # a rule across fields names its variables itself
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"{_variable_name(cls, str(error['loc'][0]))}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from simulator.engine import UNSET
 from simulator.rest import RestFault
-from simulator.world import InvalidValueError, SimulatorError, UnknownObjectError
+from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
 
 if TYPE_CHECKING:
     from simulator.server import Simulator
@@ -54,6 +54,51 @@ def _roles(body: dict[str, Any]) -> list[int]:
     return [_snowflake({"role": r}, "role") for r in roles]
 
 
+def _bits(value: Any, what: str) -> int:
+    """A permission bit set: Discord sends them as decimal strings; a number is accepted too."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidValueError(f"{what} must be a permission bit set (a decimal string or a number)")
+    try:
+        bits = int(value)
+    except ValueError:
+        raise InvalidValueError(f"{what} must be a decimal permission bit set, not {value!r}") from None
+    if bits < 0:
+        raise InvalidValueError(f"{what} must not be negative")
+    return bits
+
+
+def _overwrites(body: dict[str, Any]) -> list[Overwrite]:
+    """``permission_overwrites`` in Discord's shape: [{"id", "type": 0 role / 1 member, "allow", "deny"}]."""
+    entries = body.get("permission_overwrites")
+    if not isinstance(entries, list):
+        raise InvalidValueError("permission_overwrites must be a list")
+    overwrites = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise InvalidValueError("each permission overwrite is an object")
+        kind = entry.get("type")
+        if kind not in (0, 1) or isinstance(kind, bool):
+            raise InvalidValueError("an overwrite's type is 0 (role) or 1 (member)")
+        overwrites.append(
+            Overwrite(
+                _snowflake(entry, "id"),
+                kind,
+                allow=_bits(entry.get("allow", "0"), "allow"),
+                deny=_bits(entry.get("deny", "0"), "deny"),
+            )
+        )
+    return overwrites
+
+
+def _optional_bool(body: dict[str, Any], key: str, default: Any) -> Any:
+    if key not in body:
+        return default
+    value = body[key]
+    if not isinstance(value, bool):
+        raise InvalidValueError(f"{key} must be true or false")
+    return value
+
+
 class ControlApi:
     """aiohttp handlers bound to one Simulator."""
 
@@ -71,9 +116,14 @@ class ControlApi:
             "members/remove": self.member_remove,
             "members/update": self.member_update,
             "roles/color": self.role_color,
+            "roles/permissions": self.role_permissions,
+            "channels/update": self.channel_update,
+            "channels/create": self.channel_create,
+            "channels/delete": self.channel_delete,
             "guilds/rename": self.guild_rename,
             "guilds/remove": self.guild_remove,
             "oauth/token": self.oauth_token,
+            "oauth/rate-limit": self.oauth_rate_limit,
             "faults/drop": self.fault_drop,
             "faults/reconnect": self.fault_reconnect,
             "faults/invalid-session": self.fault_invalid_session,
@@ -179,6 +229,43 @@ class ControlApi:
             raise InvalidValueError("color is required")
         await self.sim.set_role_color(_snowflake(body, "guild_id"), _snowflake(body, "role_id"), color)
 
+    async def role_permissions(self, body: dict[str, Any]) -> None:
+        permissions = _bits(body.get("permissions"), "permissions")
+        await self.sim.set_role_permissions(
+            _snowflake(body, "guild_id"), _snowflake(body, "role_id"), permissions
+        )
+
+    async def channel_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name", UNSET)
+        if name is not UNSET and not isinstance(name, str):
+            raise InvalidValueError("name must be a string")
+        return await self.sim.update_channel(
+            _snowflake(body, "guild_id"),
+            _snowflake(body, "channel_id"),
+            overwrites=_overwrites(body) if "permission_overwrites" in body else UNSET,
+            nsfw=_optional_bool(body, "nsfw", UNSET),
+            name=name,
+        )
+
+    async def channel_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidValueError("name is required")
+        kind = body.get("type", 0)
+        if not isinstance(kind, int) or isinstance(kind, bool):
+            raise InvalidValueError("type must be 0 (text), 4 (category) or 11 (public thread)")
+        return await self.sim.create_channel(
+            _snowflake(body, "guild_id"),
+            name,
+            type=kind,
+            parent_id=_snowflake(body, "parent_id") if body.get("parent_id") is not None else None,
+            overwrites=_overwrites(body) if "permission_overwrites" in body else (),
+            nsfw=_optional_bool(body, "nsfw", False),
+        )
+
+    async def channel_delete(self, body: dict[str, Any]) -> None:
+        await self.sim.delete_channel(_snowflake(body, "guild_id"), _snowflake(body, "channel_id"))
+
     async def guild_rename(self, body: dict[str, Any]) -> None:
         name = body.get("name")
         if not isinstance(name, str):
@@ -193,6 +280,12 @@ class ControlApi:
         token = self.sim.issue_oauth_token(user_id)
         owner = self.sim.world.oauth_tokens[token]
         return {"token": token, "user_id": str(owner)}
+
+    async def oauth_rate_limit(self, body: dict[str, Any]) -> None:
+        seconds = body.get("retry_after")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
+            raise InvalidValueError("retry_after must be a number of seconds from 0 to 3600")
+        self.sim.rate_limit_oauth(float(seconds))
 
     async def fault_drop(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"connections": await self.sim.drop_connections()}

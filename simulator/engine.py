@@ -21,12 +21,22 @@ from simulator.gateway import (
 )
 from simulator.scenario import WorldBuilder
 from simulator.world import (
+    CATEGORY_CHANNEL,
+    CHANNEL_TYPES,
     MAX_MESSAGE_LENGTH,
+    OVERWRITE_MEMBER,
+    OVERWRITE_ROLE,
+    PUBLIC_THREAD,
     STATUSES,
+    TEXT_CHANNEL,
+    Channel,
     InvalidValueError,
     Member,
+    Overwrite,
     User,
     World,
+    channel_event_payload,
+    channel_truth,
     guild_update_payload,
     member_payload,
     member_truth,
@@ -77,8 +87,12 @@ class Engine:
         """Post a message as a member; sessions without the message-content intent get empty content."""
         content = _text(content, "content", low=1, high=MAX_MESSAGE_LENGTH)
         channel = self.world.channel(guild_id, channel_id)
+        if not channel.takes_messages:
+            raise InvalidValueError(f"channel {channel_id} is a category: it takes no messages")
         member = self.world.member(guild_id, user_id)
-        payload = message_payload(guild_id, channel_id, self.world.ids.next(), member, content)
+        payload = message_payload(
+            self.world.guild(guild_id), channel_id, self.world.ids.next(), member, content
+        )
         channel.messages.append(payload)
 
         def without_content(session: Session) -> dict[str, Any] | None:
@@ -192,6 +206,130 @@ class Engine:
             INTENT_GUILDS,
             {"guild_id": str(guild_id), "role": role_payload(role)},
         )
+
+    def set_role_permissions(self, guild_id: int, role_id: int, permissions: int) -> None:
+        """Change a role's permission bits (the @everyone role's are the guild's base): GUILD_ROLE_UPDATE."""
+        if isinstance(permissions, bool) or not isinstance(permissions, int) or permissions < 0:
+            raise InvalidValueError("permissions must be a non-negative integer")
+        role = self.world.role(guild_id, role_id)
+        role.permissions = permissions
+        self.hub.dispatch(
+            "GUILD_ROLE_UPDATE",
+            guild_id,
+            INTENT_GUILDS,
+            {"guild_id": str(guild_id), "role": role_payload(role)},
+        )
+
+    # -- channels -----------------------------------------------------------------------------------
+
+    def _checked_overwrites(self, guild_id: int, overwrites: Sequence[Overwrite]) -> list[Overwrite]:
+        guild = self.world.guild(guild_id)
+        for overwrite in overwrites:
+            if overwrite.type == OVERWRITE_ROLE:
+                self.world.role(guild_id, overwrite.id)
+            elif overwrite.type == OVERWRITE_MEMBER:
+                if overwrite.id not in guild.members:
+                    raise InvalidValueError(f"overwrite for {overwrite.id}: not a member of guild {guild_id}")
+            else:
+                raise InvalidValueError("an overwrite's type is 0 (role) or 1 (member)")
+            if overwrite.allow < 0 or overwrite.deny < 0:
+                raise InvalidValueError("allow and deny are non-negative permission bit sets")
+        return list(overwrites)
+
+    def update_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        overwrites: Sequence[Overwrite] = UNSET,
+        nsfw: bool = UNSET,
+        name: str = UNSET,
+    ) -> dict[str, Any]:
+        """Change a channel's overwrites, NSFW flag and/or name: CHANNEL_UPDATE (THREAD_UPDATE: name only)."""
+        guild = self.world.guild(guild_id)
+        channel = self.world.channel(guild_id, channel_id)
+        if channel.is_thread and (overwrites is not UNSET or nsfw is not UNSET):
+            raise InvalidValueError("a thread has no overwrites or NSFW flag of its own: change its parent")
+        if overwrites is not UNSET:
+            overwrites = self._checked_overwrites(guild_id, overwrites)
+        if name is not UNSET:
+            name = _text(name, "channel name", low=1, high=100)
+        if overwrites is not UNSET:
+            channel.overwrites = list(overwrites)
+        if nsfw is not UNSET:
+            channel.nsfw = bool(nsfw)
+        if name is not UNSET:
+            channel.name = name
+        event = "THREAD_UPDATE" if channel.is_thread else "CHANNEL_UPDATE"
+        self.hub.dispatch(event, guild_id, INTENT_GUILDS, channel_event_payload(guild, channel))
+        return channel_truth(channel)
+
+    def create_channel(
+        self,
+        guild_id: int,
+        name: str,
+        *,
+        type: int = TEXT_CHANNEL,
+        parent_id: int | None = None,
+        overwrites: Sequence[Overwrite] = (),
+        nsfw: bool = False,
+    ) -> dict[str, Any]:
+        """A new text channel, category or public thread: CHANNEL_CREATE (THREAD_CREATE for a thread)."""
+        guild = self.world.guild(guild_id)
+        if type not in CHANNEL_TYPES:
+            raise InvalidValueError(f"type must be one of {CHANNEL_TYPES}")
+        name = _text(name, "channel name", low=1, high=100)
+        checked = self._checked_overwrites(guild_id, overwrites)
+        parent = None if parent_id is None else self.world.channel(guild_id, parent_id)
+        if type == PUBLIC_THREAD:
+            if parent is None or parent.type != TEXT_CHANNEL:
+                raise InvalidValueError("a thread's parent_id must be a text channel")
+            if checked or nsfw:
+                raise InvalidValueError("a thread has no overwrites or NSFW flag of its own")
+        elif parent is not None and (type == CATEGORY_CHANNEL or parent.type != CATEGORY_CHANNEL):
+            raise InvalidValueError("a channel's parent_id must be a category (a category has none)")
+        position = sum(1 for c in guild.channels.values() if not c.is_thread)
+        channel = Channel(
+            self.world.ids.next(),
+            name,
+            0 if type == PUBLIC_THREAD else position,
+            type=type,
+            parent_id=parent_id,
+            nsfw=nsfw,
+            overwrites=checked,
+        )
+        guild.channels[channel.id] = channel
+        payload = channel_event_payload(guild, channel)
+        if channel.is_thread:
+            payload["newly_created"] = True
+        event = "THREAD_CREATE" if channel.is_thread else "CHANNEL_CREATE"
+        self.hub.dispatch(event, guild_id, INTENT_GUILDS, payload)
+        return channel_truth(channel)
+
+    def delete_channel(self, guild_id: int, channel_id: int) -> None:
+        """Delete a channel or thread: CHANNEL_DELETE (THREAD_DELETE); a category's children lose their parent."""
+        guild = self.world.guild(guild_id)
+        channel = self.world.channel(guild_id, channel_id)
+        if channel.is_thread:
+            del guild.channels[channel_id]
+            payload = {
+                "id": str(channel_id),
+                "guild_id": str(guild_id),
+                "parent_id": str(channel.parent_id),
+                "type": channel.type,
+            }
+            self.hub.dispatch("THREAD_DELETE", guild_id, INTENT_GUILDS, payload)
+            return
+        for thread in [c for c in guild.channels.values() if c.is_thread and c.parent_id == channel_id]:
+            del guild.channels[thread.id]  # Discord deletes a channel's threads with it, without events
+        del guild.channels[channel_id]
+        self.hub.dispatch("CHANNEL_DELETE", guild_id, INTENT_GUILDS, channel_event_payload(guild, channel))
+        for child in guild.channels.values():
+            if child.parent_id == channel_id:
+                child.parent_id = None
+                self.hub.dispatch(
+                    "CHANNEL_UPDATE", guild_id, INTENT_GUILDS, channel_event_payload(guild, child)
+                )
 
     def rename_guild(self, guild_id: int, name: str) -> None:
         guild = self.world.guild(guild_id)

@@ -7,6 +7,7 @@ and treats anything else as text.
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class RestApi:
         self.gateway_url = ""
         self.faults: deque[RestFault] = deque()  # answered, in order, to the next bot requests
         self.faults_served = 0
+        # OAuth2 users/@me (Bearer) calls answered, and a window in which they get 429 + Retry-After.
+        self.oauth_calls = 0
+        self._oauth_limited_until = 0.0
 
     def queue_faults(self, faults: list[RestFault]) -> int:
         """Answer the next bot-authenticated requests with these errors; returns how many are queued."""
@@ -91,6 +95,10 @@ class RestApi:
             self.faults_served += 1
             return rest_fault_response(self.faults.popleft())
         return await handler(request)
+
+    def rate_limit_oauth(self, seconds: float) -> None:
+        """Answer every Bearer ``users/@me`` with 429 and ``Retry-After`` for the next ``seconds``."""
+        self._oauth_limited_until = time.monotonic() + seconds
 
     def routes(self) -> list[web.RouteDef]:
         p = API_PREFIX
@@ -122,6 +130,15 @@ class RestApi:
     async def users_me(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
+            self.oauth_calls += 1
+            limited_for = self._oauth_limited_until - time.monotonic()
+            if limited_for > 0:
+                response = discord_json(
+                    {"message": "You are being rate limited.", "retry_after": limited_for, "global": False},
+                    status=429,
+                )
+                response.headers["Retry-After"] = f"{limited_for:.3f}"
+                return response
             user_id = self.world.oauth_tokens.get(header[7:].strip())
             user = self.world.users.get(user_id) if user_id is not None else None
             if user is None:

@@ -13,7 +13,23 @@ from dataclasses import dataclass
 
 from simulator.config import SimConfig
 from simulator.names import CHANNEL_NAMES, GUILD_NAMES, ROLE_COLORS, ROLE_NAMES, NameMaker
-from simulator.world import Channel, Guild, Member, Role, SnowflakeFactory, User, World, snowflake_time_iso
+from simulator.world import (
+    CATEGORY_CHANNEL,
+    EVERYONE_PERMISSIONS,
+    OVERWRITE_ROLE,
+    PUBLIC_THREAD,
+    SEND_MESSAGES,
+    VIEW_CHANNEL,
+    Channel,
+    Guild,
+    Member,
+    Overwrite,
+    Role,
+    SnowflakeFactory,
+    User,
+    World,
+    snowflake_time_iso,
+)
 
 # Share of members per status on a typical server (most offline); presence changes keep this mix.
 STATUS_MIX: tuple[tuple[str, float], ...] = (
@@ -25,6 +41,7 @@ STATUS_MIX: tuple[tuple[str, float], ...] = (
 BOT_SHARE = 0.03  # share of members that are bots
 SHARED_USER_SHARE = 0.05  # share of members who are also members of another guild
 NICK_SHARE = 0.12
+RESTRICTED_CHAT_SHARE = 0.1  # share of the scenario's messages posted in channels with overwrites or NSFW
 START_MS = 1_640_995_200_000  # 2022-01-01: ids look like real ones and sort by creation
 BOT_USERNAME = "dzone-sim"
 
@@ -87,11 +104,59 @@ class WorldBuilder:
         world.add_user(bot_user)
         for index, size in enumerate(config.sizes()):
             self._add_guild(world, index, size)
+        # After every guild and member: the ids (and shards) of guilds and members stay what they were
+        # before channel privacy existed, and no RNG draw is spent, so a seed's world is unchanged.
+        for guild in world.guilds.values():
+            self._add_private_channels(guild)
         return world
 
     def add_guild(self, world: World, size: int) -> Guild:
-        """A new guild of ``size`` members (the bot included), named like the ones built at start."""
-        return self._add_guild(world, len(world.guilds), size)
+        """A new guild of ``size`` members (the bot included), built like the ones at start."""
+        guild = self._add_guild(world, len(world.guilds), size)
+        self._add_private_channels(guild)
+        return guild
+
+    def _add_private_channels(self, guild: Guild) -> None:
+        """The channels that test the relay rule, one of each kind real servers have.
+
+        A staff channel @everyone cannot view (a staff role can), a private category with a synced
+        child, an NSFW channel, a public channel with a deny for another role only, and a public thread
+        in the first ordinary channel and one in the staff channel.
+        """
+        everyone = guild.id
+        ranked = sorted(
+            (r for r in guild.roles.values() if r.id != everyone and not r.managed), key=lambda r: r.position
+        )
+        staff_role, other_role = ranked[-1].id, ranked[0].id
+        hidden = [
+            Overwrite(everyone, OVERWRITE_ROLE, deny=VIEW_CHANNEL),
+            Overwrite(staff_role, OVERWRITE_ROLE, allow=VIEW_CHANNEL),
+        ]
+        position = len(guild.channels)
+        first_public = next(iter(guild.channels.values()))
+        staff = Channel(self.ids.next(), "staff-room", position, overwrites=list(hidden))
+        category = Channel(
+            self.ids.next(), "Moderators", position + 1, type=CATEGORY_CHANNEL, overwrites=list(hidden)
+        )
+        synced = Channel(
+            self.ids.next(), "mod-log", position + 2, parent_id=category.id, overwrites=list(hidden)
+        )
+        nsfw = Channel(self.ids.next(), "after-dark", position + 3, nsfw=True)
+        welcome = Channel(
+            self.ids.next(),
+            "welcome",
+            position + 4,
+            overwrites=[
+                Overwrite(everyone, OVERWRITE_ROLE, deny=SEND_MESSAGES),
+                Overwrite(other_role, OVERWRITE_ROLE, deny=VIEW_CHANNEL),
+            ],
+        )
+        public_thread = Channel(
+            self.ids.next(), "thread-chat", 0, type=PUBLIC_THREAD, parent_id=first_public.id
+        )
+        staff_thread = Channel(self.ids.next(), "staff-thread", 0, type=PUBLIC_THREAD, parent_id=staff.id)
+        for channel in (staff, category, synced, nsfw, welcome, public_thread, staff_thread):
+            guild.channels[channel.id] = channel
 
     def _add_guild(self, world: World, index: int, size: int) -> Guild:
         rng = self.rng
@@ -100,7 +165,9 @@ class WorldBuilder:
         if index >= len(GUILD_NAMES):
             name = f"{name} #{index // len(GUILD_NAMES) + 1}"
         guild = Guild(id=guild_id, name=name, owner_id=0)
-        guild.roles[guild_id] = Role(id=guild_id, name="@everyone", color=0, position=0)
+        guild.roles[guild_id] = Role(
+            id=guild_id, name="@everyone", color=0, position=0, permissions=EVERYONE_PERMISSIONS
+        )
         role_names = rng.sample(ROLE_NAMES, rng.randint(3, 8))
         for position, role_name in enumerate(role_names, start=1):
             # about one role in four has no colour, like real servers' permission-only roles
@@ -247,9 +314,23 @@ class Traffic:
             member = self._pick_member(guild, humans_only=True)
             if member is None:
                 continue
-            channel_id = self.rng.choice(list(guild.channels))
+            channel_id = self._pick_channel(guild)
+            if channel_id is None:
+                continue
             posts.append(MessagePost(guild.id, channel_id, member.user.id, self.builder.names.message()))
         return posts
+
+    def _pick_channel(self, guild: Guild) -> int | None:
+        """A channel that takes messages: mostly ordinary ones, sometimes one with overwrites or NSFW."""
+        ordinary: list[int] = []
+        restricted: list[int] = []
+        for channel in guild.channels.values():
+            if channel.takes_messages:
+                plain = not channel.overwrites and not channel.nsfw and not channel.is_thread
+                (ordinary if plain else restricted).append(channel.id)
+        if restricted and (not ordinary or self.rng.random() < RESTRICTED_CHAT_SHARE):
+            return self.rng.choice(restricted)
+        return self.rng.choice(ordinary) if ordinary else None
 
     def churn(self, count: int) -> list[Change]:
         changes: list[Change] = []

@@ -31,7 +31,7 @@ from simulator.scenario import (
     Traffic,
     WorldBuilder,
 )
-from simulator.world import InvalidValueError, SimulatorError
+from simulator.world import TEXT_CHANNEL, InvalidValueError, Overwrite, SimulatorError
 
 log = structlog.get_logger(__name__)
 
@@ -213,7 +213,12 @@ class Simulator:
         return {**self.world.truth(), "paused": self.paused}
 
     def stats(self) -> dict[str, Any]:
-        return {**self.hub.stats(), "changes_applied": self.changes_applied, "paused": self.paused}
+        return {
+            **self.hub.stats(),
+            "changes_applied": self.changes_applied,
+            "paused": self.paused,
+            "oauth_calls": self.oauth_calls,
+        }
 
     # -- injection (each updates the truth and queues the event in one step) ------------------------
 
@@ -260,11 +265,53 @@ class Simulator:
     async def set_role_color(self, guild_id: int, role_id: int, color: int) -> None:
         self.engine.set_role_color(guild_id, role_id, color)
 
+    async def set_role_permissions(self, guild_id: int, role_id: int, permissions: int) -> None:
+        self.engine.set_role_permissions(guild_id, role_id, permissions)
+
+    async def update_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        overwrites: Sequence[Overwrite] = UNSET,
+        nsfw: bool = UNSET,
+        name: str = UNSET,
+    ) -> dict[str, Any]:
+        """Change a channel's permission overwrites / NSFW flag / name (CHANNEL_UPDATE); its truth entry."""
+        return self.engine.update_channel(guild_id, channel_id, overwrites=overwrites, nsfw=nsfw, name=name)
+
+    async def create_channel(
+        self,
+        guild_id: int,
+        name: str,
+        *,
+        type: int = TEXT_CHANNEL,
+        parent_id: int | None = None,
+        overwrites: Sequence[Overwrite] = (),
+        nsfw: bool = False,
+    ) -> dict[str, Any]:
+        """A new channel, category or thread (CHANNEL_CREATE / THREAD_CREATE); its truth entry."""
+        return self.engine.create_channel(
+            guild_id, name, type=type, parent_id=parent_id, overwrites=overwrites, nsfw=nsfw
+        )
+
+    async def delete_channel(self, guild_id: int, channel_id: int) -> None:
+        self.engine.delete_channel(guild_id, channel_id)
+
     async def rename_guild(self, guild_id: int, name: str) -> None:
         self.engine.rename_guild(guild_id, name)
 
     async def remove_guild(self, guild_id: int) -> None:
         self.engine.remove_guild(guild_id)
+
+    def rate_limit_oauth(self, seconds: float) -> None:
+        """``GET /users/@me`` with a Bearer token answers 429 + Retry-After for ``seconds``."""
+        self.rest.rate_limit_oauth(seconds)
+
+    @property
+    def oauth_calls(self) -> int:
+        """How many Bearer ``GET /users/@me`` calls the simulator has answered."""
+        return self.rest.oauth_calls
 
     def issue_oauth_token(self, user_id: int | None = None) -> str:
         """A Bearer token whose ``GET /users/@me`` answers that user (None: a new user in no guild)."""

@@ -6,6 +6,7 @@ read and mutate a :class:`World`; tests compare discord.py's cache against :meth
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,18 @@ DEFAULT_ROLE_COLOR = "#99aab5"  # what d-zone (and Discord) shows for a member w
 STATUSES = ("online", "idle", "dnd", "offline")
 MESSAGES_KEPT_PER_CHANNEL = 100  # GET /channels/{id}/messages history depth
 MAX_MESSAGE_LENGTH = 2000  # Discord's own limit for a message's content
+# Discord's permission bits the simulated world uses (the full table is Discord's, these are exact).
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+ADMINISTRATOR = 1 << 3
+EVERYONE_PERMISSIONS = 1071698660929  # what Discord gives @everyone in a new guild (includes VIEW_CHANNEL)
+# Channel types (Discord's numbers)
+TEXT_CHANNEL = 0
+CATEGORY_CHANNEL = 4
+PUBLIC_THREAD = 11
+CHANNEL_TYPES = (TEXT_CHANNEL, CATEGORY_CHANNEL, PUBLIC_THREAD)
+OVERWRITE_ROLE = 0
+OVERWRITE_MEMBER = 1
 
 
 class SimulatorError(Exception):
@@ -74,15 +87,40 @@ class Role:
     position: int
     hoist: bool = False
     managed: bool = False
+    permissions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Overwrite:
+    """One entry of a channel's ``permission_overwrites``: a role (type 0) or member (type 1) target."""
+
+    id: int
+    type: int
+    allow: int = 0
+    deny: int = 0
 
 
 @dataclass(slots=True)
 class Channel:
+    """A text channel (type 0), a category (4) or a public thread (11, ``parent_id`` = its channel)."""
+
     id: int
     name: str
     position: int
     topic: str | None = None
+    type: int = TEXT_CHANNEL
+    parent_id: int | None = None
+    nsfw: bool = False
+    overwrites: list[Overwrite] = field(default_factory=list)
     messages: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT_PER_CHANNEL))
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == PUBLIC_THREAD
+
+    @property
+    def takes_messages(self) -> bool:
+        return self.type != CATEGORY_CHANNEL
 
 
 @dataclass(slots=True)
@@ -153,27 +191,70 @@ def role_payload(role: Role) -> dict[str, Any]:
         "icon": None,
         "unicode_emoji": None,
         "position": role.position,
-        "permissions": "1071698660929" if role.position == 0 else "0",
+        "permissions": str(role.permissions),
         "managed": role.managed,
         "mentionable": False,
         "flags": 0,
     }
 
 
-def channel_payload(guild_id: int, channel: Channel) -> dict[str, Any]:
+def overwrite_payload(overwrite: Overwrite) -> dict[str, Any]:
     return {
+        "id": str(overwrite.id),
+        "type": overwrite.type,
+        "allow": str(overwrite.allow),
+        "deny": str(overwrite.deny),
+    }
+
+
+def channel_payload(guild_id: int, channel: Channel) -> dict[str, Any]:
+    """A guild channel (text or category) as in GUILD_CREATE's ``channels`` and CHANNEL_* events."""
+    payload: dict[str, Any] = {
         "id": str(channel.id),
-        "type": 0,
+        "type": channel.type,
         "guild_id": str(guild_id),
         "name": channel.name,
         "position": channel.position,
-        "permission_overwrites": [],
-        "topic": channel.topic,
-        "nsfw": False,
-        "parent_id": None,
-        "rate_limit_per_user": 0,
-        "last_message_id": None,
+        "permission_overwrites": [overwrite_payload(o) for o in channel.overwrites],
+        "nsfw": channel.nsfw,
+        "parent_id": None if channel.parent_id is None else str(channel.parent_id),
+        "flags": 0,
     }
+    if channel.type == TEXT_CHANNEL:
+        payload.update(topic=channel.topic, rate_limit_per_user=0, last_message_id=None)
+    return payload
+
+
+def thread_payload(guild_id: int, thread: Channel, owner_id: int) -> dict[str, Any]:
+    """A public thread as in GUILD_CREATE's ``threads`` and THREAD_* events (no overwrites of its own)."""
+    return {
+        "id": str(thread.id),
+        "type": thread.type,
+        "guild_id": str(guild_id),
+        "parent_id": str(thread.parent_id),
+        "owner_id": str(owner_id),
+        "name": thread.name,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+        "message_count": 0,
+        "member_count": 1,
+        "total_message_sent": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 10080,
+            "archive_timestamp": snowflake_time_iso(thread.id),
+            "locked": False,
+            "create_timestamp": snowflake_time_iso(thread.id),
+        },
+    }
+
+
+def channel_event_payload(guild: Guild, channel: Channel) -> dict[str, Any]:
+    """The payload Discord sends for this channel: thread shape for a thread, channel shape otherwise."""
+    if channel.is_thread:
+        return thread_payload(guild.id, channel, guild.owner_id)
+    return channel_payload(guild.id, channel)
 
 
 def member_payload(member: Member, *, with_user: bool = True) -> dict[str, Any]:
@@ -267,8 +348,10 @@ def guild_create_payload(
         "member_count": member_count,
         "voice_states": [],
         "members": [member_payload(m) for m in members],
-        "channels": [channel_payload(guild.id, c) for c in guild.channels.values()],
-        "threads": [],
+        "channels": [channel_payload(guild.id, c) for c in guild.channels.values() if not c.is_thread],
+        "threads": [
+            thread_payload(guild.id, c, guild.owner_id) for c in guild.channels.values() if c.is_thread
+        ],
         "presences": presences,
         "stage_instances": [],
         "guild_scheduled_events": [],
@@ -285,9 +368,17 @@ def guild_update_payload(guild: Guild) -> dict[str, Any]:
     return payload
 
 
+_USER_MENTION = re.compile(r"<@!?([0-9]{1,20})>")
+_ROLE_MENTION = re.compile(r"<@&([0-9]{1,20})>")
+
+
 def message_payload(
-    guild_id: int, channel_id: int, message_id: int, member: Member, content: str
+    guild: Guild, channel_id: int, message_id: int, member: Member, content: str
 ) -> dict[str, Any]:
+    """MESSAGE_CREATE's payload; like Discord, ``mentions`` carries the mentioned members (with ``member``)."""
+    guild_id = guild.id
+    mentioned = [guild.members[int(i)] for i in dict.fromkeys(_USER_MENTION.findall(content))
+                 if int(i) in guild.members]  # fmt: skip
     return {
         "id": str(message_id),
         "type": 0,
@@ -300,8 +391,10 @@ def message_payload(
         "edited_timestamp": None,
         "tts": False,
         "mention_everyone": False,
-        "mentions": [],
-        "mention_roles": [],
+        "mentions": [
+            {**user_payload(m.user), "member": member_payload(m, with_user=False)} for m in mentioned
+        ],
+        "mention_roles": [i for i in dict.fromkeys(_ROLE_MENTION.findall(content)) if int(i) in guild.roles],
         "attachments": [],
         "embeds": [],
         "pinned": False,
@@ -412,12 +505,27 @@ def guild_truth(guild: Guild) -> dict[str, Any]:
         "member_count": len(guild.members),
         "unavailable": guild.unavailable,
         "roles": [
-            {"id": str(r.id), "name": r.name, "color": r.color, "position": r.position}
+            {
+                "id": str(r.id),
+                "name": r.name,
+                "color": r.color,
+                "position": r.position,
+                "permissions": str(r.permissions),
+            }
             for r in guild.roles.values()
         ],
-        "channels": [
-            {"id": str(c.id), "name": c.name, "position": c.position, "type": 0}
-            for c in guild.channels.values()
-        ],
+        "channels": [channel_truth(c) for c in guild.channels.values()],
         "members": [member_truth(guild, m) for m in guild.members.values()],
+    }
+
+
+def channel_truth(channel: Channel) -> dict[str, Any]:
+    return {
+        "id": str(channel.id),
+        "name": channel.name,
+        "position": channel.position,
+        "type": channel.type,
+        "parent_id": None if channel.parent_id is None else str(channel.parent_id),
+        "nsfw": channel.nsfw,
+        "permission_overwrites": [overwrite_payload(o) for o in channel.overwrites],
     }

@@ -39,7 +39,7 @@ def _find(*names: str) -> str | None:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
     """A Selenium WebDriver on a fresh profile; quit and the profile removed on exit."""
     browser = _find("chromium", "chromium-browser")
     driver_path = _find("chromedriver", "chromium-driver")
@@ -54,7 +54,7 @@ def chromium() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="dzone-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in CHROMIUM_FLAGS:
+    for flag in CHROMIUM_FLAGS + extra_flags:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -85,6 +85,11 @@ def save_screenshot(driver: Any, name: str) -> Path:
     path = ARTIFACTS / name
     assert driver.save_screenshot(str(path)), f"screenshot {path} failed"
     return path
+
+
+def trusting(spki_hash: str) -> tuple[str, ...]:
+    """Flags that make Chromium accept a chain holding this key (a test CA), as it does for a real one."""
+    return (f"--ignore-certificate-errors-spki-list={spki_hash}",)
 
 
 def members_shown(driver: Any) -> dict[str, str]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow
 from ingest.writer import GuildSnapshot
 from shared.feed import CHANNEL, FeedEvent, decode
@@ -17,10 +18,17 @@ class DictSource:
 
     def __init__(self, owned: Iterable[str] | None = None) -> None:
         self.guilds: dict[str, tuple[str, dict[str, MemberRow]]] = {}
+        self.channel_sets: dict[str, list[ChannelRow]] = {}
         self.owned = set(owned) if owned is not None else None
 
-    def set_guild(self, server_id: str, name: str, rows: Iterable[MemberRow]) -> None:
+    def set_guild(
+        self, server_id: str, name: str, rows: Iterable[MemberRow], channels: Iterable[ChannelRow] = ()
+    ) -> None:
         self.guilds[server_id] = (name, {row.user_id: row for row in rows})
+        self.channel_sets[server_id] = list(channels)
+
+    def channels(self, server_id: str) -> list[ChannelRow] | None:
+        return self.channel_sets.get(server_id) if server_id in self.guilds else None
 
     def snapshot(self, server_id: str) -> GuildSnapshot | None:
         if server_id not in self.guilds:

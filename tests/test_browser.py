@@ -7,13 +7,6 @@ triggers announce, as they would a change from the ingest) and chat messages ann
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +14,11 @@ import asyncpg
 import pytest
 
 from tests.browser import chromium, members_shown, save_screenshot, wait_until
+from tests.serve_process import serve_process
 
 STATUSES = ("online", "idle", "dnd", "offline")
 MAIN_GUILD = "900000000000000001"
 OTHER_GUILD = "900000000000000002"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _seed_sql() -> tuple[str, dict[str, str]]:
@@ -54,38 +42,11 @@ def _seed_sql() -> tuple[str, dict[str, str]]:
     return sql, visible
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture
 def serve_url(database_url: str, tmp_path: Path) -> Iterator[str]:
     """A real ``dzone serve`` subprocess on a free port, serving the packaged live view."""
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "DATABASE_URL": database_url}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shared", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not _ready(f"{base}/readyz"):
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"serve not ready: {log.read_text()}"
-            time.sleep(0.05)  # polling a child process for readiness
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with serve_process(database_url, tmp_path) as serve:
+        yield serve.base
 
 
 async def _sql(url: str, statement: str, *args: object) -> None:

@@ -3,10 +3,13 @@ variable it needs is provided, and the services wait for each other and report h
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import click
 import pytest
 import yaml
@@ -14,6 +17,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from shared.cli import main
+from shared.db import migrate
 from shared.settings import (
     DEFAULT_INGEST_HTTP_PORT,
     ConfigError,
@@ -22,7 +26,9 @@ from shared.settings import (
     ServeSettings,
     load,
 )
+from tests.pg import _admin
 
+LIBPQ_VARIABLES = {"PGPASSWORD"}  # read by asyncpg (and so by alembic) when the URL has no password
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -152,7 +158,33 @@ def test_every_variable_is_known(raw: dict[str, Any]) -> None:
     for name, svc in raw["services"].items():
         for key in svc.get("environment") or {}:
             if name != "postgres":
-                assert key in _settings_variables(), f"{name}: {key} is not a dzone setting"
+                assert key in _settings_variables() | LIBPQ_VARIABLES, f"{name}: {key} is not a dzone setting"
+
+
+# Which secret each service may see (the bot token: the ingest alone; the database password: as
+# PGPASSWORD to the dzone services, as POSTGRES_PASSWORD to postgres alone).
+SECRETS = {"DISCORD_BOT_TOKEN", "POSTGRES_PASSWORD", "PGPASSWORD"}
+SECRETS_OF = {
+    "postgres": {"POSTGRES_PASSWORD"},
+    "migrate": {"PGPASSWORD"},
+    "ingest": {"DISCORD_BOT_TOKEN", "PGPASSWORD"},
+    "serve": {"PGPASSWORD"},
+}
+
+
+def test_each_service_gets_only_the_secrets_it_needs(services: dict[str, dict[str, Any]]) -> None:
+    env_file = _env_example()
+    for name, svc in services.items():
+        environment = svc.get("environment") or {}
+        assert set(environment) & SECRETS == SECRETS_OF[name], name
+        # .env (which holds the secrets) is never handed to a container whole.
+        for entry in svc.get("env_file") or []:
+            path = entry["path"] if isinstance(entry, dict) else entry
+            assert Path(path).name != ".env", f"{name} reads .env, so it would get every secret"
+        if "DATABASE_URL" in environment:
+            parts = urlsplit(environment["DATABASE_URL"])
+            assert parts.password is None, f"{name}: the password must not be inside DATABASE_URL"
+            assert environment["PGPASSWORD"] == env_file["POSTGRES_PASSWORD"]
 
 
 def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
@@ -172,6 +204,13 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     assert f"127.0.0.1:{ingest_port}/readyz" in " ".join(ingest["healthcheck"]["test"])
 
 
+def test_serve_outlives_its_drain(services: dict[str, dict[str, Any]]) -> None:
+    """docker stop must not SIGKILL a draining replica: its grace exceeds the default drain."""
+    grace = re.fullmatch(r"(\d+)s", str(services["serve"]["stop_grace_period"]))
+    assert grace, services["serve"]["stop_grace_period"]
+    assert int(grace.group(1)) >= ServeSettings.model_fields["drain_s"].default + 20
+
+
 def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any]]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for name, svc in _dzone_services(services).items():
@@ -179,3 +218,67 @@ def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any
     # the packages the image copies are the ones pyproject installs
     for package in ("shared", "ingest", "serve", "simulator", "migrations"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+HARD_PASSWORD = "p@ss/w%rd:#?&=+ 'x\"y"  # every character that breaks a hand-built URL
+
+
+async def _connect_as_the_containers_do(url: str) -> str:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return str(await conn.fetchval("SELECT current_user"))
+    finally:
+        await conn.close()
+
+
+def test_a_password_with_url_characters_works(
+    services: dict[str, dict[str, Any]], pg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The containers' DATABASE_URL + PGPASSWORD, pointed at the test server, with a password that needs
+    a real check (scram for this one role) and holds ``@ / % :``: migrate, then connect, as serve does."""
+    role, database = "dzone_pw_check", "dzone_pw_check"
+    admin = pg.admin_url
+    hba_changed = _require_password_for(pg, role)
+    try:
+        asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {database}", f"DROP ROLE IF EXISTS {role}"))
+        asyncio.run(
+            _admin(
+                admin,
+                f"CREATE ROLE {role} LOGIN PASSWORD '{HARD_PASSWORD.replace(chr(39), chr(39) * 2)}'",
+                f"CREATE DATABASE {database} OWNER {role}",
+            )
+        )
+        environment = services["serve"]["environment"]
+        compose_url = urlsplit(environment["DATABASE_URL"])
+        assert (compose_url.username, compose_url.password) == ("dzone", None)
+        server = urlsplit(admin)
+        # Only the host, role and database differ from the containers' URL (postgres:5432 is not here).
+        url = urlunsplit(
+            compose_url._replace(netloc=f"{role}@{server.hostname}:{server.port}", path=f"/{database}")
+        )
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("PGPASSWORD", HARD_PASSWORD)
+        settings = load(ServeSettings)
+        assert settings.database_url == url
+        migrate(url)  # alembic (SQLAlchemy over asyncpg), as the migrate service runs it
+        assert asyncio.run(_connect_as_the_containers_do(url)) == role
+        if hba_changed:  # the password was really checked: a wrong one is refused
+            monkeypatch.setenv("PGPASSWORD", HARD_PASSWORD + "nope")
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                asyncio.run(_connect_as_the_containers_do(url))
+    finally:
+        asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {database}", f"DROP ROLE IF EXISTS {role}"))
+
+
+def _require_password_for(pg: Any, role: str) -> bool:
+    """On the embedded test server (trust for everyone), make ``role`` log in with scram; False elsewhere
+    (a Docker postgres:15 checks passwords already; a DATABASE_URL server is left as it is)."""
+    if pg.local is None:
+        return False
+    hba = pg.local.directory / "data" / "pg_hba.conf"
+    rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+    if not hba.read_text().startswith(rule):
+        hba.write_text(rule + hba.read_text())
+    asyncio.run(_admin(pg.admin_url, "SELECT pg_reload_conf()"))
+    return True

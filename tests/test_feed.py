@@ -148,6 +148,34 @@ async def test_server_changes_are_announced(
     assert [c.deleted for c in changed] == [False, True]
 
 
+async def test_server_payload_carries_the_row(
+    conn: asyncpg.Connection, listener: Listener, server: str
+) -> None:
+    created = await conn.fetchval("SELECT extract(epoch FROM created_at)::float8 FROM discord_servers")
+    await conn.execute(
+        "UPDATE discord_servers SET alias = 'g1', passworded = TRUE, is_default = TRUE, hide_offline = FALSE,"
+        " relay_messages = FALSE, oauth_client_id = '42', enabled = FALSE, departed_at = now()"
+    )
+    await conn.execute("UPDATE discord_servers SET alias = NULL, oauth_client_id = NULL, created_at = NULL")
+    first, second = await listener.drain(conn)
+    assert isinstance(first, feed.ServerChanged) and isinstance(second, feed.ServerChanged)
+    assert first.row == feed.ServerRow(
+        name="Guild",
+        alias="g1",
+        passworded=True,
+        is_default=True,
+        enabled=False,
+        departed=True,
+        hide_offline=False,
+        relay_messages=False,
+        oauth_client_id="42",
+        created_at=created,
+    )
+    assert first.row is not None and not first.row.joinable
+    assert second.row is not None and (second.row.alias, second.row.oauth_client_id) == (None, None)
+    assert second.row.created_at is None
+
+
 async def test_message_is_announced_on_one_line(
     conn: asyncpg.Connection, listener: Listener, server: str
 ) -> None:
@@ -183,6 +211,10 @@ async def test_payloads_stay_under_the_notify_limit(
         "[1]",
         '{"kind": "user", "op": "upsert", "seq": 1, "server_id": "1"}',
         '{"kind": "nope", "seq": 1, "server_id": "1"}',
+        '{"kind": "server", "op": "upsert", "seq": 1, "server_id": "1"}',
+        '{"kind": "server", "op": "upsert", "seq": 1, "server_id": "1", "name": "a", "alias": null,'
+        ' "passworded": "yes", "is_default": false, "enabled": true, "departed": false,'
+        ' "hide_offline": true, "relay_messages": true, "oauth_client_id": null, "created_at": null}',
         '{"kind": "user", "op": "upsert", "seq": 1, '
         '"server_id": "1", "user_id": "2", "username": "a", "status": "away", "role_color": "#000000"}',
     ],

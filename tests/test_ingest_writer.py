@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow
 from ingest.writer import Writer, WriterConfig
 from shared.db import migrate
@@ -155,8 +156,8 @@ async def test_messages_keep_order_respect_relay_and_strip_nul(
     database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
 ) -> None:
     source = DictSource()
-    source.set_guild(G1, "relayed", [])
-    source.set_guild(G2, "quiet", [])
+    source.set_guild(G1, "relayed", [], [ChannelRow(G1, "70", "general", True)])
+    source.set_guild(G2, "quiet", [], [ChannelRow(G2, "70", "general", True)])
     writer = make_writer(database_url, source)
     try:
         writer.sync_guild(G1)
@@ -268,6 +269,96 @@ async def test_server_rename(database_url: str, conn: asyncpg.Connection, feed: 
         await writer.wait_idle()
         assert await conn.fetchval("SELECT name FROM discord_servers WHERE server_id = $1", G1) == "after"
         await wait_for(lambda: feed.of(ServerChanged), message="server event")
+    finally:
+        await writer.close()
+
+
+async def test_channel_rows_follow_the_source_and_keep_the_operators_relay(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    source = DictSource()
+    source.set_guild(
+        G1, "g1", [], [ChannelRow(G1, "1", "general", True), ChannelRow(G1, "2", "staff", False)]
+    )
+    writer = make_writer(database_url, source)
+
+    async def stored() -> set[tuple[str, str, bool, bool | None]]:
+        records = await conn.fetch("SELECT channel_id, name, public, relay FROM discord_channels")
+        return {(r["channel_id"], r["name"], r["public"], r["relay"]) for r in records}
+
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        assert await stored() == {("1", "general", True, None), ("2", "staff", False, None)}
+        await conn.execute("UPDATE discord_channels SET relay = TRUE WHERE channel_id = '2'")
+        # a channel renamed and made private, one deleted, one created: one re-read of the guild
+        source.channel_sets[G1] = [ChannelRow(G1, "2", "staff-2", True), ChannelRow(G1, "3", "new", True)]
+        writer.sync_channels(G1)
+        await writer.wait_idle()
+        assert await stored() == {("2", "staff-2", True, True), ("3", "new", True, None)}
+    finally:
+        await writer.close()
+
+
+async def test_relay_needs_a_channel_row_that_says_so_and_a_new_channel_counts_in_the_same_flush(
+    database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
+) -> None:
+    source = DictSource()
+    source.set_guild(
+        G1, "g1", [], [ChannelRow(G1, "1", "general", True), ChannelRow(G1, "2", "staff", False)]
+    )
+    # one long batch window: the channel event and the message below land in one flush
+    writer = make_writer(database_url, source, batch_max_delay_s=0.5)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        source.channel_sets[G1].append(ChannelRow(G1, "3", "brand-new", True))
+        writer.sync_channels(G1)
+        writer.relay_message(G1, "7", "3", "30", "in the new channel")
+        writer.relay_message(G1, "7", "2", "20", "staff only")
+        writer.relay_message(G1, "7", "99", "990", "unknown channel")
+        writer.relay_message(G1, "7", "1", "10", "public")
+        await writer.wait_idle()
+        await wait_for(lambda: len(feed.of(ChatMessage)) >= 2, message="two relayed messages")
+        assert [m.message_id for m in feed.of(ChatMessage)] == ["30", "10"]  # type: ignore[attr-defined]
+        assert (writer.stats.messages_relayed, writer.stats.messages_withheld) == (2, 2)
+        # the operator's override counts from its commit, both ways
+        await conn.execute(
+            "UPDATE discord_channels SET relay = (channel_id = '2') WHERE channel_id IN ('1', '2')"
+        )
+        feed.events.clear()
+        writer.relay_message(G1, "7", "1", "11", "public, relay off")
+        writer.relay_message(G1, "7", "2", "21", "staff, relay on")
+        await writer.wait_idle()
+        await wait_for(lambda: feed.of(ChatMessage), message="the override's message")
+        assert [m.message_id for m in feed.of(ChatMessage)] == ["21"]  # type: ignore[attr-defined]
+    finally:
+        await writer.close()
+
+
+async def test_refused_channel_rows_fail_closed(database_url: str, conn: asyncpg.Connection) -> None:
+    source = DictSource()
+    source.set_guild(G1, "g1", [], [ChannelRow(G1, "1", "general", True), ChannelRow(G1, "2", "chat", True)])
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        await conn.execute("UPDATE discord_channels SET relay = TRUE WHERE channel_id = '2'")
+        source.channel_sets[G1] = [
+            ChannelRow(G1, "1", "general", True),
+            ChannelRow(G1, "not-an-id", "x", True),
+        ]
+        writer.sync_channels(G1)
+        await writer.wait_idle()
+        records = await conn.fetch(
+            "SELECT channel_id, public, relay FROM discord_channels ORDER BY channel_id"
+        )
+        # nothing relays any more but what the operator chose; the worker goes on
+        assert [tuple(r) for r in records] == [("1", False, None), ("2", False, True)]
+        source.channel_sets[G1] = [ChannelRow(G1, "1", "general", True)]
+        writer.sync_channels(G1)
+        await writer.wait_idle()
+        assert await conn.fetchval("SELECT public FROM discord_channels WHERE channel_id = '1'") is True
     finally:
         await writer.close()
 

@@ -41,7 +41,7 @@ async def _tables(url: str) -> set[str]:
 
 
 def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
-    schema = {"discord_servers", "discord_users", "server_presence_summary"}
+    schema = {"discord_servers", "discord_users", "discord_channels", "server_presence_summary"}
     migrate(empty_database_url)
     migrate(empty_database_url)  # twice is a no-op
     assert schema <= asyncio.run(_tables(empty_database_url))
@@ -201,12 +201,29 @@ SERVER = "INSERT INTO discord_servers (server_id, name) VALUES ('100', 'Guild')"
             "INSERT INTO discord_servers (server_id, name, is_default) VALUES ('101', 'x', true), ('102', 'y', true)",
             "discord_servers_one_default",
         ),
+        (
+            "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('100', 'c1', 'x', true)",
+            "discord_channels_channel_id_snowflake",
+        ),
+        (
+            "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('999', '1', 'x', true)",
+            "discord_channels_server_id_fkey",
+        ),
+        (
+            "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('100', '1', 'x', NULL)",
+            None,
+        ),
     ],
 )
-async def test_constraints_reject_bad_rows(conn: asyncpg.Connection, statement: str, constraint: str) -> None:
+async def test_constraints_reject_bad_rows(
+    conn: asyncpg.Connection, statement: str, constraint: str | None
+) -> None:
     await conn.execute(SERVER)
     with pytest.raises(asyncpg.IntegrityConstraintViolationError) as caught:
         await conn.execute(statement)
+    if constraint is None:  # NOT NULL
+        assert isinstance(caught.value, asyncpg.NotNullViolationError)
+        return
     assert caught.value.constraint_name == constraint
     assert constraint in str(caught.value)
 
@@ -217,11 +234,25 @@ async def test_alias_is_unique(conn: asyncpg.Connection) -> None:
         await conn.execute("INSERT INTO discord_servers (server_id, name, alias) VALUES ('2', 'b', 'dworld')")
 
 
-async def test_deleting_a_server_cascades_to_its_users(conn: asyncpg.Connection) -> None:
+async def test_deleting_a_server_cascades_to_its_users_and_channels(conn: asyncpg.Connection) -> None:
     await conn.execute(SERVER)
     await conn.execute("INSERT INTO discord_users VALUES ('1', '100', 'a', 'online', '#000000')")
+    await conn.execute(
+        "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('100', '5', 'g', true)"
+    )
     await conn.execute("DELETE FROM discord_servers WHERE server_id = '100'")
     assert await conn.fetchval("SELECT count(*) FROM discord_users") == 0
+    assert await conn.fetchval("SELECT count(*) FROM discord_channels") == 0
+
+
+async def test_channel_relay_defaults_to_following_public(conn: asyncpg.Connection) -> None:
+    await conn.execute(SERVER)
+    await conn.execute(
+        "INSERT INTO discord_channels (server_id, channel_id, name, public) VALUES ('100', '5', 'g', true)"
+    )
+    assert await conn.fetchval("SELECT relay FROM discord_channels") is None
+    comment = await conn.fetchval("SELECT col_description('discord_channels'::regclass, 5)")
+    assert comment and "never written by the ingest" in comment
 
 
 async def test_operator_defaults(conn: asyncpg.Connection) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -162,7 +163,7 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
 
 
 def test_cli_serves_and_exits_0_on_sigterm(database_url, tmp_path):
-    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info"}
+    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info", "DZONE_DRAIN_S": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "serve", "--port", "0"]
         if False
@@ -194,3 +195,75 @@ def test_cli_serves_and_exits_0_on_sigterm(database_url, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def raw_status(server, target: bytes) -> int:
+    """Send one GET with ``target`` as the raw request-target bytes; the answer's status code."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    return int(status_line.split()[1]) if status_line else 0  # 0: closed without an answer
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/" + b"a" * 300,  # one segment longer than NAME_MAX (OSError 36 before)
+        b"/" + b"a" * 300 + b".js",
+        b"/" + b"/".join([b"abcdefgh"] * 700),  # longer than PATH_MAX in total
+        b"/" + b"/".join([b"x"] * 2000),  # many segments
+        b"/%00",
+        b"/a%00b/index.html",
+        b"/%zz%",
+        b"/%",
+        b"/%ff%fe",  # percent-encoded bytes that are not UTF-8
+        b"/%ed%a0%80",  # an encoded surrogate
+        b"/" + b"%2e%2e/" * 50 + b"etc/passwd",
+        b"/" + b"%41" * 2000,
+        b"//[x",  # urlsplit would raise "Invalid IPv6 URL"
+        b"http://[::1/index.html",
+    ],
+)
+async def test_any_path_is_answered_4xx_never_500(database_url, conn, target: bytes, caplog):
+    await add_server(conn, A, "Alpha")
+    async with running(database_url) as server:
+        status = await raw_status(server, target)
+        assert 400 <= status < 500, (target[:40], status)
+        assert await raw_status(server, b"/api/version") == 200  # and the server is fine afterwards
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("target", [b"/\xff\xfe", b"/\xc3\xa9t\xc3\xa9", b"/a\x00b"])
+async def test_raw_bytes_that_are_not_http_are_refused_without_an_error(database_url, conn, target, caplog):
+    """A request-target must be ASCII (RFC 9112); websockets' parser closes such a request unanswered."""
+    await add_server(conn, A, "Alpha")
+    async with running(database_url) as server:
+        status = await raw_status(server, target)
+        assert status == 0 or 400 <= status < 500, status
+        assert await raw_status(server, b"/api/version") == 200
+    assert "Traceback" not in caplog.text
+
+
+async def test_status_describes_passworded_servers_only_as_the_server_list_does(database_url, conn):
+    locked = "100000000000000009"
+    await add_server(conn, A, "Alpha", is_default=True, hide_offline=False)
+    await add_server(conn, locked, "Staff room", passworded=True, alias="staff", oauth_client_id="77")
+    await conn.execute(
+        "INSERT INTO discord_users (user_id, server_id, username, status, role_color)"
+        " SELECT (200000000000000000 + g)::text, s, 'u' || g, 'online', '#000000'"
+        " FROM generate_series(1, 3) g, unnest($1::text[]) s",
+        [A, locked],
+    )
+    async with running(database_url) as server, Viewer.open(server) as v:
+        list_frame = await v.expect("server-list")
+        await v.join()
+        status, _, body = await get(server, "/api/status")
+    assert status == 200
+    entries = {e["id"]: e for e in orjson.loads(body)["servers"]}
+    assert entries["staff"] == list_frame["data"][locked]  # exactly the server-list entry, no counts
+    assert entries[A] == {**list_frame["data"][A], "viewers": 1, "members": 3}
+    assert "connections" not in orjson.loads(body)

@@ -11,6 +11,7 @@ from aiohttp import web
 from simulator.config import SimConfig
 from simulator.server import Simulator
 from tests.test_serve_support import Viewer, add_server, add_users, running
+from tests.waiting import wait_for
 
 LOCKED, OPEN = "100000000000000001", "100000000000000002"
 REQUIRED = "This server requires Discord authentication. Please login with Discord."
@@ -126,3 +127,83 @@ async def test_discord_server_error_is_not_a_login_failure(database_url, conn):
             assert "could not be reached" in answer["data"]["message"]
     finally:
         await runner.cleanup()
+
+
+THROTTLED = "Too many Discord logins are being checked right now. Please try again in a moment."
+UNREACHABLE = "Discord could not be reached to check your login. Please try again in a moment."
+
+
+async def test_junk_tokens_cannot_make_many_discord_calls(database_url, conn, sim):
+    await seed(conn, str(a_member_id(sim)))
+    sockets, per_socket = 20, 30
+    async with running(
+        database_url, discord_api_base=sim.api_base, oauth_calls_per_ip_per_s=2.0, oauth_calls_per_s=20.0
+    ) as server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def hammer(n: int) -> list[str]:
+            async with Viewer.open(server) as v:
+                await v.expect("server-list")
+                return [
+                    (await v.connect("locked", discordToken=f"junk-{n}-{i}"))["data"]["message"]
+                    for i in range(per_socket)
+                ]
+
+        answers = [a for batch in await asyncio.gather(*(hammer(n) for n in range(sockets))) for a in batch]
+        elapsed = loop.time() - started
+        calls = sim.oauth_calls
+        cap = 2 + 2.0 * elapsed  # the address's burst plus its rate over the run
+        print(
+            f"\n{len(answers)} junk-token connects from one address in {elapsed:.2f}s: "
+            f"{calls} Discord calls (cap {cap:.1f}), {answers.count(THROTTLED)} throttled"
+        )
+        assert len(answers) == sockets * per_socket
+        assert set(answers) <= {FAILED, THROTTLED} and answers.count(THROTTLED) >= len(answers) - calls
+        assert 1 <= calls <= cap
+        # A refused token is remembered: asking again costs no call, from this address or any other.
+        async with Viewer.open(server) as v:
+            await v.expect("server-list")
+            refused = next(f"junk-{n}-{i}" for n in range(sockets) for i in range(per_socket))
+            before = sim.oauth_calls
+            for _ in range(5):
+                answer = await v.connect("locked", discordToken=refused)
+                assert answer["data"]["message"] in (FAILED, THROTTLED)
+            assert sim.oauth_calls == before
+
+
+async def test_one_call_in_flight_per_token(database_url, conn, sim):
+    member = a_member_id(sim)
+    await seed(conn, str(member))
+    token = sim.issue_oauth_token(member)
+    async with running(database_url, discord_api_base=sim.api_base) as server:
+
+        async def join() -> str:
+            async with Viewer.open(server) as v:
+                await v.expect("server-list")
+                return str((await v.connect("locked", discordToken=token))["type"])
+
+        assert await asyncio.gather(*(join() for _ in range(10))) == ["server-join"] * 10
+        assert sim.oauth_calls == 1
+
+
+async def test_discords_429_stops_calls_until_retry_after(database_url, conn, sim):
+    member = a_member_id(sim)
+    await seed(conn, str(member))
+    async with running(database_url, discord_api_base=sim.api_base) as server, Viewer.open(server) as v:
+        await v.expect("server-list")
+        sim.rate_limit_oauth(1.0)
+        answer = await v.connect("locked", discordToken=sim.issue_oauth_token(member))
+        assert answer["data"]["message"] == UNREACHABLE and sim.oauth_calls == 1
+        # Until Retry-After has passed nobody calls Discord, whatever the token.
+        for _ in range(5):
+            answer = await v.connect("locked", discordToken=sim.issue_oauth_token(member))
+            assert answer["data"]["message"] == UNREACHABLE
+        assert sim.oauth_calls == 1
+        token = sim.issue_oauth_token(member)
+
+        async def admitted() -> bool:
+            return (await v.connect("locked", discordToken=token))["type"] == "server-join"
+
+        await wait_for(admitted, timeout=10, interval=0.2, message="admitted after Retry-After")
+        assert sim.oauth_calls == 2

@@ -1,4 +1,4 @@
-"""Part A of shared/protocol.md, rule by rule, against a real server, real PostgreSQL and real sockets."""
+"""The rules of docs/protocol.md, one by one, against a real server, real PostgreSQL and real sockets."""
 
 from __future__ import annotations
 

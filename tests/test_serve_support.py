@@ -20,6 +20,7 @@ FAST = {
     "listener_probe_timeout_s": 1.0,
     "listener_backoff_max_s": 0.3,
     "connects_per_minute": 10_000,
+    "oauth_calls_per_ip_per_s": 1_000.0,  # tests of the caps set their own
 }
 
 

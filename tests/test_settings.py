@@ -98,3 +98,20 @@ def test_bad_list_settings_name_the_variable(
 def test_list_settings_accept_lists_from_code() -> None:
     assert load(IngestSettings, DISCORD_BOT_TOKEN="t", shard_ids=[1]).shard_ids == [1]
     assert load(ServeSettings, allowed_origins=["https://a.example"]).allowed_origins == ["https://a.example"]
+
+
+def test_tls_pair_is_set_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DZONE_TLS_CERT_FILE", "/etc/letsencrypt/live/x/fullchain.pem")
+    with pytest.raises(ConfigError, match="DZONE_TLS_CERT_FILE and DZONE_TLS_KEY_FILE must be set together"):
+        load(ServeSettings)
+    monkeypatch.setenv("DZONE_TLS_KEY_FILE", "/etc/letsencrypt/live/x/privkey.pem")
+    monkeypatch.setenv("DZONE_TLS_MIN_VERSION", "1.1")
+    with pytest.raises(ConfigError, match=r"DZONE_TLS_MIN_VERSION: .*'1.2' or '1.3'"):
+        load(ServeSettings)
+
+
+def test_drain_is_never_negative(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load(ServeSettings).drain_s == 120
+    monkeypatch.setenv("DZONE_DRAIN_S", "-1")
+    with pytest.raises(ConfigError, match=r"DZONE_DRAIN_S: .*greater than or equal to 0"):
+        load(ServeSettings)

@@ -115,6 +115,26 @@ async def test_oauth_bearer_tokens_answer_their_user(http: aiohttp.ClientSession
             assert response.status == 401
 
 
+async def test_oauth_rate_limit_answers_429_with_retry_after_and_calls_are_counted(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(SimConfig(guild_sizes=[2], seed=1)) as sim:
+        token = sim.issue_oauth_token(None)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(f"{sim.control_base}/oauth/rate-limit", json={"retry_after": 30}) as response:
+            assert response.status == 200
+        async with http.post(f"{sim.control_base}/oauth/rate-limit", json={"retry_after": "x"}) as response:
+            assert response.status == 400
+        async with http.get(f"{sim.api_base}/users/@me", headers=headers) as response:
+            assert response.status == 429 and 29 < float(response.headers["Retry-After"]) <= 30
+            assert (await response.json())["retry_after"] > 29
+        sim.rate_limit_oauth(0)
+        async with http.get(f"{sim.api_base}/users/@me", headers=headers) as response:
+            assert response.status == 200
+        async with http.get(f"{sim.control_base}/stats") as response:
+            assert (await response.json())["oauth_calls"] == 2 == sim.oauth_calls
+
+
 async def test_control_api_reads_the_truth_and_injects_changes(http: aiohttp.ClientSession) -> None:
     async with Simulator(SimConfig(guild_sizes=[10, 10], seed=2, presence_rate=5)) as sim:
         base = sim.control_base
@@ -294,3 +314,83 @@ async def test_scenario_runs_at_roughly_the_configured_rate() -> None:
         await wait_for(lambda: sim.changes_applied >= 400, timeout=10, message="400 scenario changes")
         elapsed = time.monotonic() - started
         assert 0.5 < elapsed < 5, f"400 changes at 400/s took {elapsed:.2f}s"
+
+
+async def test_channels_carry_discords_permission_fields_and_change_through_control_routes(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(SimConfig(guilds=1, members=5, seed=9)) as sim:
+        control = sim.control_base
+        gateway = await open_gateway(http, sim, compressed=False)
+        await gateway.identify()
+        guild_create = (await gateway.dispatches_until("GUILD_CREATE"))[-1]["d"]
+        async with http.get(f"{control}/state") as resp:
+            truth = (await resp.json())["guilds"][0]
+        gid = truth["id"]
+        by_name = {c["name"]: c for c in truth["channels"]}
+        everyone = next(r for r in truth["roles"] if r["id"] == gid)
+        assert int(everyone["permissions"]) & (1 << 10)  # @everyone may view by default
+        assert all("permissions" in r for r in truth["roles"])
+        assert by_name["staff-room"]["permission_overwrites"][0] == {
+            "id": gid,
+            "type": 0,
+            "allow": "0",
+            "deny": str(1 << 10),
+        }
+        category, child = by_name["Moderators"], by_name["mod-log"]
+        assert category["type"] == 4 and child["parent_id"] == category["id"]
+        assert child["permission_overwrites"] == category["permission_overwrites"]  # synced
+        assert by_name["after-dark"]["nsfw"] is True
+        assert by_name["thread-chat"]["type"] == 11 and by_name["thread-chat"]["parent_id"]
+        # GUILD_CREATE carries them as Discord does: threads apart from channels
+        sent = {c["id"]: c for c in guild_create["channels"]}
+        assert {t["id"] for t in guild_create["threads"]} == {
+            c["id"] for c in truth["channels"] if c["type"] == 11
+        }
+        assert (
+            sent[by_name["staff-room"]["id"]]["permission_overwrites"]
+            == by_name["staff-room"]["permission_overwrites"]
+        )
+
+        async def post(route: str, **body: Any) -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{control}/{route}", json={"guild_id": gid, **body}) as resp:
+                return resp.status, await resp.json()
+
+        status, updated = await post(
+            "channels/update",
+            channel_id=by_name["welcome"]["id"],
+            permission_overwrites=[{"id": gid, "type": 0, "allow": "0", "deny": "1024"}],
+            nsfw=True,
+        )
+        assert status == 200 and updated["nsfw"] and updated["permission_overwrites"][0]["deny"] == "1024"
+        event = (await gateway.dispatches_until("CHANNEL_UPDATE"))[-1]["d"]
+        assert event["id"] == by_name["welcome"]["id"] and event["nsfw"] is True
+        status, created = await post("channels/create", name="fresh", parent_id=category["id"])
+        assert status == 200 and created["parent_id"] == category["id"]
+        assert (await gateway.dispatches_until("CHANNEL_CREATE"))[-1]["d"]["name"] == "fresh"
+        assert (await post("channels/delete", channel_id=created["id"]))[0] == 200
+        assert (await gateway.dispatches_until("CHANNEL_DELETE"))[-1]["d"]["id"] == created["id"]
+        assert (await post("roles/permissions", role_id=gid, permissions="0"))[0] == 200
+        role_event = (await gateway.dispatches_until("GUILD_ROLE_UPDATE"))[-1]["d"]
+        assert role_event["role"]["id"] == gid and role_event["role"]["permissions"] == "0"
+        # bad requests are refused with a clear error
+        for route, body, code in [
+            ("channels/update", {"channel_id": "1"}, 404),
+            (
+                "channels/update",
+                {"channel_id": by_name["welcome"]["id"], "permission_overwrites": [{"id": gid, "type": 5}]},
+                400,
+            ),
+            ("channels/update", {"channel_id": by_name["thread-chat"]["id"], "nsfw": True}, 400),
+            ("channels/create", {"name": "t", "type": 11}, 400),
+            ("channels/create", {"name": "c", "type": 4, "parent_id": category["id"]}, 400),
+            ("roles/permissions", {"role_id": gid, "permissions": "-1"}, 400),
+            (
+                "message",
+                {"channel_id": category["id"], "user_id": truth["members"][0]["user_id"], "content": "x"},
+                400,
+            ),
+        ]:
+            status, answer = await post(route, **body)
+            assert (status, bool(answer.get("error"))) == (code, True), (route, body, answer)
+        await gateway.ws.close()

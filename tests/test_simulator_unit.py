@@ -141,3 +141,34 @@ def test_view_differences_reports_a_mismatch() -> None:
     assert view_differences(view, view) == []
     assert "member 5" in view_differences(view, other)[0]
     assert "only in truth" in view_differences(view, {})[0]
+
+
+def test_chat_traffic_is_mostly_in_ordinary_channels_never_in_a_category() -> None:
+    config = SimConfig(guild_sizes=[200], seed=8, message_rate=1)
+    builder = WorldBuilder(config.seed)
+    world = builder.build(config)
+    guild = next(iter(world.guilds.values()))
+    posts = Traffic(config, world, builder).messages(4000)
+    channels = [guild.channels[p.channel_id] for p in posts]
+    assert all(c.takes_messages for c in channels)
+    restricted = sum(bool(c.overwrites or c.nsfw or c.is_thread) for c in channels) / len(channels)
+    assert 0.05 < restricted < 0.15
+    assert {c.name for c in channels} >= {"staff-room", "mod-log", "after-dark", "welcome", "thread-chat"}
+
+
+def test_building_the_privacy_channels_keeps_a_seeds_guild_and_member_ids() -> None:
+    # The privacy channels are added after every guild and member, without RNG draws.
+    config = SimConfig(guild_sizes=[3, 40], seed=5)
+    world = WorldBuilder(config.seed).build(config)
+    guild_ids = list(world.guilds)
+    for guild in world.guilds.values():
+        extra = [c for c in guild.channels.values() if c.id > max(guild_ids) and c.id > max(guild.members)]
+        assert {c.name for c in extra} == {
+            "staff-room",
+            "Moderators",
+            "mod-log",
+            "after-dark",
+            "welcome",
+            "thread-chat",
+            "staff-thread",
+        }

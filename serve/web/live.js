@@ -1,5 +1,5 @@
 // d-zone live view: the chosen server's members as figures in an isometric yard, live over the
-// d-zone WebSocket protocol (docs: shared/protocol.md). Plain browser JavaScript, no build step.
+// d-zone WebSocket protocol (docs: docs/protocol.md). Plain browser JavaScript, no build step.
 //
 // Protocol as the d-zone client speaks it: wait for `server-list` (handled once per socket), answer
 // `connect` (server null = default), rebuild the world on each `server-join`, apply `presence` and
