@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,19 @@ class Fault:
     known_bug: str | None = None  # an ingest bug this case finds that is not fixed yet (strict xfail)
 
 
+async def churn_until(c: Cluster, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Keep the storm going until ``condition`` holds (the ingest came back, chunks were sent...)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"churned {timeout}s and still not {what}: {c.failures()}")
+        await c.churn(events=20, timeout=30)
+
+
 async def counter_rises(c: Cluster, name: str, by: int = 1) -> None:
     """Churn until a simulator counter (identify, resume...) went up: the ingest came back."""
     target = c.sim.hub.counters[name] + by
-    while c.sim.hub.counters[name] < target:
-        await c.churn(events=20, timeout=30)
+    await churn_until(c, lambda: c.sim.hub.counters[name] >= target, f"{name} counted {target}")
 
 
 # -- PostgreSQL faults ---------------------------------------------------------------------------
@@ -141,16 +150,15 @@ async def slow_chunks(c: Cluster, pg: PgServer) -> None:
     c.sim.set_chunk_faults(delay_s=0.5)
     chunks = c.sim.hub.counters["member_chunks"]
     await c.sim.send_invalid_session(resumable=False)
-    while c.sim.hub.counters["member_chunks"] < chunks + len(c.sim.world.guilds):
-        await c.churn(events=20)
+    every_guild = chunks + len(c.sim.world.guilds)
+    await churn_until(c, lambda: c.sim.hub.counters["member_chunks"] >= every_guild, "every guild chunked")
     c.sim.set_chunk_faults()
 
 
 async def lost_chunk(c: Cluster, pg: PgServer) -> None:
     c.sim.set_chunk_faults(drop=1)
     await c.sim.send_invalid_session(resumable=False)
-    while c.sim.hub.counters["member_chunks_dropped"] < 1:
-        await c.churn(events=20)
+    await churn_until(c, lambda: c.sim.hub.counters["member_chunks_dropped"] >= 1, "a chunk dropped")
     await c.churn(events=1200)  # discord.py waits 5 s for the chunk that never comes
 
 
