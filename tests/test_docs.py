@@ -1,0 +1,138 @@
+"""The docs cannot drift from the code: docs/configuration.md against the settings classes, and the
+runnable example of docs/python-api.md run against a real serve with a real WebSocket client."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
+from websockets.asyncio.client import connect
+
+from shared import settings as settings_module
+from shared.settings import _variable_name
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+PYTHON_API = ROOT / "docs" / "python-api.md"
+COMPOSE = ROOT / "docker-compose.yml"
+# A table row that documents one variable: | `NAME` | default | process | meaning |
+ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|([^|]*)\|([^|]*)\|(.*)\|\s*$")
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+# The process column names processes by the settings class they load.
+CLASS_OF_PROCESS = {"ingest": "IngestSettings", "serve": "ServeSettings"}
+
+
+def settings_classes() -> list[type[BaseSettings]]:
+    """Every public settings class of shared/settings.py, so a new class is checked without editing this."""
+    return [
+        cls
+        for name, cls in vars(settings_module).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, BaseSettings)
+        and cls.__module__ == settings_module.__name__
+        and not name.startswith("_")
+    ]
+
+
+def documented_rows(text: str) -> dict[str, tuple[str, str]]:
+    """variable -> (default cell, process cell); a variable documented twice fails here."""
+    rows: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match is None:
+            continue
+        name, default, process = match.group(1), match.group(2).strip(), match.group(3).strip()
+        assert name not in rows, f"{name} is documented twice in docs/configuration.md"
+        rows[name] = (default, process)
+    return rows
+
+
+def fields() -> dict[str, list[tuple[type[BaseSettings], str]]]:
+    """variable -> the (class, field) pairs that read it (inherited fields appear once per class)."""
+    found: dict[str, list[tuple[type[BaseSettings], str]]] = {}
+    for cls in settings_classes():
+        for field in cls.model_fields:
+            found.setdefault(_variable_name(cls, field), []).append((cls, field))
+    return found
+
+
+def shown_default(cell: str) -> str | None:
+    """The default a cell states: the first `code` span, or None for "–"/"required" (unset)."""
+    if cell.startswith(("–", "required")):
+        return None
+    match = re.match(r"`([^`]*)`", cell)
+    assert match is not None, f"default cell {cell!r}: write `value`, – (unset) or required"
+    return match.group(1)
+
+
+def matches(default: Any, shown: str) -> bool:
+    if isinstance(default, bool):
+        return shown == str(default).lower()
+    if isinstance(default, (int, float)):
+        try:
+            return float(shown) == float(default)
+        except ValueError:
+            return False
+    return shown == str(default)
+
+
+def source_literals() -> str:
+    """The project's Python source (not tests), where an environment variable outside the classes is read."""
+    files = [p for p in ROOT.rglob("*.py") if not ({".venv", "tests", "bench"} & set(p.parts))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
+def test_every_setting_has_exactly_one_row_with_its_default():
+    rows = documented_rows(CONFIGURATION.read_text(encoding="utf-8"))
+    problems = []
+    for variable, owners in sorted(fields().items()):
+        if variable not in rows:
+            classes = ", ".join(sorted({cls.__name__ for cls, _ in owners}))
+            problems.append(f"{variable} ({classes}) has no row in docs/configuration.md")
+            continue
+        default_cell, process_cell = rows[variable]
+        cls, field = owners[0]
+        info = cls.model_fields[field]
+        if info.default is PydanticUndefined and info.default_factory is None:
+            if not default_cell.startswith("required"):
+                problems.append(f"{variable}: required, but the page shows {default_cell!r}")
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = shown_default(default_cell)
+        if default in (None, []):
+            if shown is not None:
+                problems.append(f"{variable}: unset by default, but the page shows {shown!r}")
+        elif shown is None or not matches(default, shown):
+            problems.append(f"{variable}: default {default!r}, but the page shows {default_cell!r}")
+        owner_names = {c.__name__ for c, _ in owners}
+        for process, class_name in CLASS_OF_PROCESS.items():
+            if re.search(rf"\b{process}\b", process_cell) and class_name not in owner_names:
+                problems.append(f"{variable}: the page says {process}, but {class_name} has no such field")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_row_names_a_real_variable():
+    rows = documented_rows(CONFIGURATION.read_text(encoding="utf-8"))
+    compose = COMPOSE.read_text(encoding="utf-8")
+    source = source_literals()
+    known = set(fields())
+    unknown = [
+        name
+        for name in rows
+        if name not in known and name not in compose and f'"{name}"' not in source
+    ]
+    assert not unknown, f"rows naming no setting, compose variable or variable read by the code: {unknown}"
+
+
+def test_every_compose_variable_has_a_row():
+    rows = documented_rows(CONFIGURATION.read_text(encoding="utf-8"))
+    used = set(COMPOSE_VARIABLE.findall(COMPOSE.read_text(encoding="utf-8")))
+    assert used, "docker-compose.yml uses no ${VARIABLE}: the pattern is wrong"
+    assert sorted(used - set(rows)) == []
+
