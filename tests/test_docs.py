@@ -3,13 +3,14 @@ runnable example of docs/python-api.md run against a real serve with a real WebS
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import inspect
 import re
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 from websockets.asyncio.client import connect
@@ -62,12 +63,15 @@ def fields() -> dict[str, list[tuple[type[BaseSettings], str]]]:
     return found
 
 
+UNSET = "\N{EN DASH}"  # how the page writes "no default"
+
+
 def shown_default(cell: str) -> str | None:
-    """The default a cell states: the first `code` span, or None for "–"/"required" (unset)."""
-    if cell.startswith(("–", "required")):
+    """The default a cell states: the first `code` span, or None for a dash or "required" (unset)."""
+    if cell.startswith((UNSET, "required")):
         return None
     match = re.match(r"`([^`]*)`", cell)
-    assert match is not None, f"default cell {cell!r}: write `value`, – (unset) or required"
+    assert match is not None, f"default cell {cell!r}: write `value`, {UNSET} (unset) or required"
     return match.group(1)
 
 
@@ -123,9 +127,7 @@ def test_every_row_names_a_real_variable():
     source = source_literals()
     known = set(fields())
     unknown = [
-        name
-        for name in rows
-        if name not in known and name not in compose and f'"{name}"' not in source
+        name for name in rows if name not in known and name not in compose and f'"{name}"' not in source
     ]
     assert not unknown, f"rows naming no setting, compose variable or variable read by the code: {unknown}"
 
@@ -136,3 +138,53 @@ def test_every_compose_variable_has_a_row():
     assert used, "docker-compose.yml uses no ${VARIABLE}: the pattern is wrong"
     assert sorted(used - set(rows)) == []
 
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+async def test_the_python_api_example_serves_its_town_to_a_websocket_client(monkeypatch):
+    """docs/python-api.md's example as written: its server list and members reach a real client, and the
+    broadcast snippet below it moves a member."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the example needs no database
+    blocks = python_blocks(PYTHON_API.read_text(encoding="utf-8"))
+    (example,) = [b for b in blocks if "def build_server" in b]
+    (broadcasts,) = [b for b in blocks if b.startswith("await server.broadcast_presence")]
+    namespace: dict[str, Any] = {"__name__": "python_api_example"}
+    exec(compile(example, str(PYTHON_API), "exec"), namespace)
+    server = namespace["build_server"](port=0, host="127.0.0.1")
+    await server.open()
+    try:
+        async with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5) as ws:
+            listing = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert listing["type"] == "server-list"
+            assert listing["data"] == {
+                "100000000000000001": {"id": "cafe", "name": "Café", "passworded": False, "default": True}
+            }
+            await ws.send(orjson.dumps({"type": "connect", "data": {"server": None}}).decode())
+            join = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert join["type"] == "server-join", join
+            assert join["data"]["request"]["server"] == "cafe"
+            assert join["data"]["serverName"] == "Café"
+            users = join["data"]["users"]
+            assert {uid: (u["username"], u["status"]) for uid, u in users.items()} == {
+                "1": ("Ada", "online"),
+                "2": ("Brian", "idle"),
+            }
+            assert users["1"]["roleColor"] == "#3498db"
+            assert users["2"]["roleColor"].lower() == "#99aab5"  # the guide's default for a missing colour
+
+            flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            snippet = eval(
+                compile(broadcasts, str(PYTHON_API), "exec", flags=flags), {**namespace, "server": server}
+            )
+            await snippet
+            presence = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert presence["type"] == "presence"
+            assert presence["data"]["uid"] == "2" and presence["data"]["status"] == "online"
+            assert presence["data"]["username"] == "Brian"  # filled in from the snapshot
+            message = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert message["type"] == "message"
+            assert message["data"] == {"uid": "1", "message": "hello", "channel": "42"}
+    finally:
+        await server.close()
