@@ -255,6 +255,10 @@ class Hub:
             self._cut_member(state, event.user_id)
         if isinstance(event, ServerResync):
             if state.live:
+                if state.buffer is None:
+                    # Hold this server's later events from now on, not from when the read task starts:
+                    # until the read tells who is still a member, nothing may reach a cut viewer.
+                    state.buffer = []
                 self.request_resync(state)
             return
         if state.buffer is not None:
