@@ -112,15 +112,18 @@ async def full_sync(
             columns=("user_id", "username", "status", "role_color"),
         )
         await conn.execute(f"ANALYZE {queries.SYNC_TEMP_TABLE}")
-        changes = int(await conn.fetchval(queries.SYNC_COUNT_CHANGES, server_id))
+        changed = int((await conn.execute(queries.SYNC_CREATE_CHANGED, server_id)).rsplit(" ", 1)[-1])
+        departed = int(await conn.fetchval(queries.SYNC_COUNT_DEPARTED, server_id))
+        changes = changed + departed
         bulk = changes >= bulk_threshold
-        if changes:
-            if bulk:
-                await conn.execute(queries.BULK_MODE)
+        if bulk:
+            await conn.execute(queries.BULK_MODE)
+        if changed:
             await conn.execute(queries.SYNC_UPSERT, server_id)
+        if departed:
             await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
-            if bulk:
-                await conn.execute(queries.NOTIFY_RESYNC, server_id)
+        if bulk:
+            await conn.execute(queries.NOTIFY_RESYNC, server_id)
     return SyncResult(changes, bulk)
 
 
