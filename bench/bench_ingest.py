@@ -18,7 +18,8 @@ Three parts, one run (``--quick``: shorter windows, no 1M step):
    ingest's own parser table, without a socket; then every guild is fully synced to a fresh database.
    Printed: RSS before, after the members are cached, after the syncs, per member, and sync seconds.
 
-``--profile`` adds a cProfile of the ingest at the unbounded rate (top functions by own time).
+``--profile`` adds a step at the unbounded rate under cProfile (top functions by own time; not in the
+table, as the profiler doubles the CPU time).
 
 Run: .venv/bin/python bench/bench_ingest.py [--quick] [--members 10000] [--seconds 8] [--rates 8000,0]
 """
@@ -35,17 +36,20 @@ import itertools
 import json
 import os
 import pstats
+import random
 import subprocess
 import sys
 import time
 import types
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import asyncpg
 import discord
+import discord.gateway
 import psutil
 
 from ingest.worker import IngestWorker
@@ -408,17 +412,20 @@ async def bench_throughput(url: str, args: argparse.Namespace) -> None:
     print(f"{'bare discord.py (ceil)':>22} {bare['received']:>11.0f} {'-':>12} {ceiling:>10.0f} {'-':>8} {'-':>6} "
           f"{'-':>7} {'-':>7} {bare['cpu']:>6.0f}")  # fmt: skip
     profile_text = ""
-    for rate in rates:
+    steps = [(rate, False) for rate in rates]
+    for rate, profiled in steps:
         step_url = await new_database(url)
         sim, api_base, gateway_url = start_simulator(args.members, rate)
         try:
             figures, text = await run_ingest(
-                api_base, gateway_url, step_url, args.seconds, args.warmup, args.profile and rate == 0
+                api_base, gateway_url, step_url, args.seconds, args.warmup, profiled
             )
         finally:
             sim.terminate()
             sim.wait(10)
-        profile_text = text or profile_text
+        if profiled:  # cProfile doubles the CPU time: a separate step, not in the table
+            profile_text = text
+            continue
         label = "unbounded" if rate == 0 else f"offered {rate:.0f}/s"
         print(f"{'ingest ' + label:>22} {figures['received']:>11.0f} {figures['committed']:>12.0f} "
               f"{per_cpu_second(figures, 'committed'):>10.0f} {figures['rows']:>8.0f} {figures['batch']:>6.0f} "
@@ -430,6 +437,156 @@ async def bench_throughput(url: str, args: argparse.Namespace) -> None:
                   f"parse rate (wall clock: {figures['committed'] / bare['received']:.2f}x)")  # fmt: skip
     if profile_text:
         print(profile_text)
+
+
+REPLAY_MEMBERS = 10_000
+REPLAY_GUILD = 1 << 41
+STATUSES = ("online", "idle", "dnd", "offline")
+
+
+def recorded_frames(count: int, members: int, seed: int = 7) -> list[bytes]:
+    """PRESENCE_UPDATE frames as Discord sends them (one zlib stream, a sync flush per frame); every
+    one changes its member's status, half carry an activity."""
+    import orjson
+
+    rng = random.Random(seed)
+    compressor = zlib.compressobj()
+    current = dict.fromkeys(range(members), "offline")
+    frames = []
+    for seq in range(1, count + 1):
+        index = rng.randrange(members)
+        status = rng.choice([s for s in STATUSES if s != current[index]])
+        current[index] = status
+        activities = [{"name": "a game", "type": 0, "created_at": 1700000000000}] if seq % 2 else []
+        data = {
+            "user": {"id": str(10**17 + index)}, "guild_id": str(REPLAY_GUILD), "status": status,
+            "activities": activities, "client_status": {} if status == "offline" else {"desktop": status},
+        }  # fmt: skip
+        raw = orjson.dumps({"op": 0, "s": seq, "t": "PRESENCE_UPDATE", "d": data})
+        frames.append(compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    return frames
+
+
+def offline_websocket(client: discord.Client, members: int) -> discord.gateway.DiscordWebSocket:
+    """discord.py's gateway reader without a socket, its client holding one guild of ``members``."""
+    import orjson
+
+    state: Any = client._connection
+    state.user = types.SimpleNamespace(id=BOT_ID)  # READY would set the bot user
+    state._add_ready_state = lambda _guild: True  # no chunk request
+    guild = guild_create_payload(0, REPLAY_GUILD, members)
+    guild["members"] = [member_payload(0, i) for i in range(members)]  # a small guild: all of them
+    guild["large"] = False
+    state.parsers["GUILD_CREATE"](orjson.loads(orjson.dumps(guild)))
+    ws = discord.gateway.DiscordWebSocket(None, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    ws._connection = state
+    ws._discord_parsers = state.parsers
+    ws._dispatch = client.dispatch
+    ws.shard_id = 0
+    return ws
+
+
+async def replay(ws: discord.gateway.DiscordWebSocket, frames: list[bytes], rate: float) -> None:
+    """Feed ``frames`` to discord.py's reader: as fast as it takes them (``rate`` 0) or ``rate``/s."""
+    if not rate:
+        for frame in frames:
+            await ws.received_message(frame)
+        return
+    tick, started = 0.005, time.perf_counter()
+    per_tick = max(1, round(rate * tick))
+    for start in range(0, len(frames), per_tick):
+        for frame in frames[start : start + per_tick]:
+            await ws.received_message(frame)
+        due = started + (start // per_tick + 1) * tick
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+
+def cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+async def replay_bare(frames: list[bytes]) -> dict[str, float]:
+    from ingest.gateway import ingest_intents
+
+    client = discord.Client(intents=ingest_intents(False), max_messages=None)
+    ws = offline_websocket(client, REPLAY_MEMBERS)
+    cpu, started = cpu_seconds(), time.perf_counter()
+    await replay(ws, frames, 0)
+    elapsed = time.perf_counter() - started
+    return {"rate": len(frames) / elapsed, "us_per_event": 1e6 * (cpu_seconds() - cpu) / len(frames)}
+
+
+async def replay_ingest(url: str, frames: list[bytes], rate: float, profile: bool = False) -> dict[str, Any]:
+    from ingest.fairness import install_cooperative_yield
+    from ingest.gateway import IngestClient
+    from ingest.writer import Writer, WriterConfig
+
+    install_cooperative_yield()  # as the worker does: the writer gets the loop every 5 ms
+    client = IngestClient(
+        include_bots=False, relay_messages=False, shard_count=1, shard_ids=None, guild_ready_timeout=0.1
+    )
+    writer = Writer(url, client, WriterConfig(stats_interval_s=0, heartbeat_interval_s=0))
+    client.writer = writer
+    ws = offline_websocket(client, REPLAY_MEMBERS)
+    writer.start()
+    try:
+        writer.sync_guild(str(REPLAY_GUILD))
+        await writer.wait_idle(60)
+        stats = writer.stats
+        events0, committed0, batches0 = stats.events, stats.rows_committed, stats.batches
+        stats.event_latency.clear()
+        profiler = cProfile.Profile() if profile else None
+        cpu, pg, started = cpu_seconds(), pg_cpu_seconds(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        await replay(ws, frames, rate)
+        await writer.wait_idle(120)
+        if profiler:
+            profiler.disable()
+        elapsed = time.perf_counter() - started
+        latencies = list(stats.event_latency)
+        figures: dict[str, Any] = {
+            "events": stats.events - events0,
+            "rate": len(frames) / elapsed,  # every frame's state is committed by the end
+            "us_per_event": 1e6 * (cpu_seconds() - cpu) / len(frames),
+            "pg_cpu": 100 * (pg_cpu_seconds() - pg) / elapsed,
+            "rows": stats.rows_committed - committed0,
+            "batch": (stats.rows_committed - committed0) / max(stats.batches - batches0, 1),
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+        }
+        if profiler:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+            figures["profile_text"] = out.getvalue()
+        return figures
+    finally:
+        await writer.close()
+
+
+async def bench_replay(url: str, args: argparse.Namespace) -> None:
+    count = args.events
+    frames = recorded_frames(count, REPLAY_MEMBERS)
+    print(f"\nreplayed gateway frames: {count} PRESENCE_UPDATE (every one a status change) over 1 guild of "
+          f"{REPLAY_MEMBERS} members, fed to discord.py's reader in this process (no simulator)")  # fmt: skip
+    print(f"{'step':>24} {'events/s':>9} {'cpu us/event':>13} {'rows':>7} {'batch':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'pg cpu %':>9}")  # fmt: skip
+    bare = await replay_bare(frames)
+    print(f"{'bare discord.py parse':>24} {bare['rate']:>9.0f} {bare['us_per_event']:>13.1f}")
+    for rate in [float(r) for r in args.rates.split(",")]:
+        step = await replay_ingest(
+            await new_database(url), frames[: int(rate * 10)] if rate else frames, rate
+        )
+        label = "ingest committed, max" if not rate else f"ingest at {rate:.0f}/s"
+        print(f"{label:>24} {step['rate']:>9.0f} {step['us_per_event']:>13.1f} {step['rows']:>7} "
+              f"{step['batch']:>6.0f} {step['p50_ms']:>7.1f} {step['p99_ms']:>7.1f} {step['pg_cpu']:>9.0f}")  # fmt: skip
+        if not rate:
+            print(f"{'':>24} sustained committed rate = {step['rate'] / bare['rate']:.2f}x the bare discord.py "
+                  "parse rate")  # fmt: skip
+    if args.profile:
+        step = await replay_ingest(await new_database(url), frames, 0, profile=True)
+        print(step["profile_text"])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -463,6 +620,12 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,10x100000", help="memory steps: members or GxM")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest at the unbounded rate")
     parser.add_argument("--relay", action="store_true", help="also the chat relay statement benchmark")
+    parser.add_argument("--events", type=int, default=200_000, help="replayed presence frames")
+    parser.add_argument(
+        "--network",
+        action="store_true",
+        help="also through the simulator's gateway (wall clock, shared cores)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--child-database", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -471,14 +634,17 @@ async def main() -> None:
         print(json.dumps(await memory_child(args.child_database, guilds, members)))
         return
     if args.quick:
-        args.seconds, args.warmup, args.sizes = 4.0, 1.0, "10000,100000"
+        args.seconds, args.warmup, args.sizes, args.events = 4.0, 1.0, "10000,100000", 60_000
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, uvloop: no")
     with database() as url:
         if args.relay:
             await bench_relay(await new_database(url))
-        await bench_throughput(url, args)
-        await bench_memory(url, [parse_size(size) for size in args.sizes.split(",")])
+        await bench_replay(url, args)
+        if args.network:
+            await bench_throughput(url, args)
+        if args.sizes:
+            await bench_memory(url, [parse_size(size) for size in args.sizes.split(",")])
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

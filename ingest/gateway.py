@@ -154,6 +154,8 @@ class IngestClient(discord.AutoShardedClient):
 
     # --- dispatch -------------------------------------------------------------------------------------
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if event == "socket_event_type":
+            return  # discord.py's notice of every frame, for on_socket_event_type listeners: we have none
         self.event_counts[event] += 1
         handler = self._ingest_handlers.get(event)
         if handler is not None:

@@ -72,7 +72,9 @@ def test_discord_py_internals_the_lean_path_relies_on() -> None:
         discord.gateway.DiscordWebSocket.from_client
     )
     assert "func = self._discord_parsers[event]" in inspect.getsource(
-        discord.gateway.DiscordWebSocket.received_message
+        inspect.unwrap(
+            discord.gateway.DiscordWebSocket.received_message
+        )  # under ingest/fairness.py's wrapper
     )
     signature = inspect.signature(client._connection.process_chunk_requests)
     assert list(signature.parameters) == ["guild_id", "nonce", "members", "complete"]
