@@ -116,7 +116,6 @@ class WriterConfig:
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
     heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
-    sync_connections: int = 2  # full syncs of several guilds run on this many connections at once
 
 
 @dataclass
@@ -182,7 +181,6 @@ class Writer:
         self._full = asyncio.Event()
         self._stopping = False
         self._conn: asyncpg.Connection | None = None
-        self._sync_conns: list[asyncpg.Connection] = []  # the extra ones of parallel full syncs
         self._outage_started: float | None = None
         self._failures_in_a_row = 0
         self._last_error: BaseException | None = None
@@ -328,9 +326,6 @@ class Writer:
         if self._conn is not None:
             await self._conn.close(timeout=2)
             self._conn = None
-        for extra in self._sync_conns:
-            await extra.close(timeout=2)
-        self._sync_conns = []
         self._closed = True
         if not self.idle():  # arrived after the flush (discord.py tasks still winding down)
             log.warning(
@@ -472,15 +467,12 @@ class Writer:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         self._conn = None
-        self._conn = await self._connect()
-        return self._conn
-
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
+        self._conn = await asyncpg.connect(
             self._url,
             timeout=self.config.connect_timeout_s,
             command_timeout=self.config.command_timeout_s,
         )
+        return self._conn
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
         """Take everything due, write it; on an error put back what was not written."""
@@ -498,10 +490,8 @@ class Writer:
             await self._apply_reconcile(conn, taken.reconcile, taken.ops)
             taken.reconcile = None
         for server_id, op in taken.ops.items():
-            if op.kind != "sync":
-                await self._apply_op(conn, server_id, op)
-                taken.done_ops.add(server_id)
-        await self._sync_guilds(conn, [sid for sid, op in taken.ops.items() if op.kind == "sync"], taken)
+            await self._apply_op(conn, server_id, op)
+            taken.done_ops.add(server_id)
         if taken.channel_syncs:
             channels = self._read_channels(taken.channel_syncs)
             if taken.channel_syncs:
@@ -538,31 +528,6 @@ class Writer:
         self.stats.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS_S, finished - started)] += 1
         self.stats.commit_seconds_sum += finished - started
         self.stats.event_latency.extend(finished - stamp for stamp in stamps)
-
-    async def _sync_guilds(self, conn: asyncpg.Connection, server_ids: list[str], taken: Taken) -> None:
-        """Full syncs, on up to ``sync_connections`` connections at once (PostgreSQL's inserts are the cost)."""
-        queue = server_ids[::-1]
-
-        async def sync_from_queue(on: asyncpg.Connection) -> None:
-            while queue:
-                server_id = queue.pop()
-                await self._apply_op(on, server_id, GuildOp("sync"))
-                taken.done_ops.add(server_id)
-
-        wanted = min(len(server_ids), self.config.sync_connections) - 1
-        self._sync_conns = [extra for extra in self._sync_conns if not extra.is_closed()]
-        while len(self._sync_conns) < wanted:
-            self._sync_conns.append(await self._connect())
-        extras = self._sync_conns[: max(wanted, 0)]
-        results = await asyncio.gather(
-            *(sync_from_queue(on) for on in [conn, *extras]), return_exceptions=True
-        )
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            for extra in self._sync_conns:  # in an unknown state: the next attempt opens new ones
-                extra.terminate()
-            self._sync_conns = []
-            raise failures[0]
 
     def _read_channels(self, server_ids: set[str]) -> list[ChannelRow]:
         """The channel rows of these guilds from the source; a guild no longer seen keeps its rows."""
