@@ -1,19 +1,27 @@
-"""Ingest throughput: sustained presence events/s committed to PostgreSQL, vs a bare discord.py client.
+"""Ingest benchmark: presence throughput against a bare discord.py client, latency, memory, full syncs.
 
-The simulator runs in its own process (``dzone simulate``, one guild); the ingest (discord.py + the
-writer) runs in this process; PostgreSQL is ``DATABASE_URL`` or an embedded server. For each offered
-presence rate (``--rates``; 0 = unbounded, i.e. as fast as the client reads: the simulator waits on
-backpressure) the script prints:
+Three parts, one run (``--quick``: shorter windows, no 1M step):
 
-* received/s: PRESENCE_UPDATE dispatches discord.py parsed; committed/s: of those, the events whose
-  state reached a commit (coalesced events count: their latest state was committed);
-* rows/s and the mean batch size after coalescing; p50/p99 event-to-commit latency (handler -> COMMIT);
-* CPU of this process and of the embedded PostgreSQL (one core = 100 %).
+1. Throughput. The simulator runs in its own process (``dzone simulate``, one guild of ``--members``);
+   the client under test (a bare discord.py client, then the ingest: discord.py + our parsers + the
+   writer) runs in this process; PostgreSQL is ``DATABASE_URL`` or an embedded server. The simulator,
+   the client and PostgreSQL compete for the same 2 cores, so a wall-clock rate mostly measures the
+   simulator and the machine's load. The rates compared are therefore per CPU second of this process
+   only: events parsed (bare) or committed (ingest) divided by this process's user+system CPU time over
+   the same window, at the unbounded rate (the simulator sends as fast as the client reads). Wall-clock
+   rates and CPU shares are printed next to them. ``committed`` counts events whose state reached a
+   commit (coalesced events count: their latest state was committed).
+2. Latency: p50/p99 event-to-commit (handler -> COMMIT returned) at offered rates (``--rates``).
+3. Memory and full sync, each size in a fresh process (``--sizes``, default 10k, 100k and 1M = 10 guilds
+   x 100k): pre-built gateway payloads (GUILD_CREATE with the online members and their presences, then
+   GUILD_MEMBERS_CHUNK of 1000, encoded to JSON and decoded again as the gateway would) go through the
+   ingest's own parser table, without a socket; then every guild is fully synced to a fresh database.
+   Printed: RSS before, after the members are cached, after the syncs, per member, and sync seconds.
 
-The first line is the ceiling: a bare discord.py client parsing the same stream, no database.
-``--profile`` adds a cProfile of the ingest at the unbounded rate (top functions by own time).
+``--profile`` adds a step at the unbounded rate under cProfile (top functions by own time; not in the
+table, as the profiler doubles the CPU time).
 
-Run: .venv/bin/python bench/bench_ingest.py [--members 10000] [--seconds 8] [--rates 4000,8000,12000,0]
+Run: .venv/bin/python bench/bench_ingest.py [--quick] [--members 10000] [--seconds 8] [--rates 8000,0]
 """
 
 from __future__ import annotations
@@ -22,19 +30,26 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
+import itertools
+import json
 import os
 import pstats
+import random
 import subprocess
 import sys
 import time
+import types
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import asyncpg
 import discord
+import discord.gateway
 import psutil
 
 from ingest.worker import IngestWorker
@@ -216,47 +231,117 @@ async def new_database(url: str) -> str:
     return step_url
 
 
-class _ListSource:
-    """A GuildSource over a prepared list of rows (the full-sync benchmark needs no gateway)."""
-
-    def __init__(self, server_id: str, rows: list[Any]) -> None:
-        self.server_id, self.rows = server_id, rows
-
-    def snapshot(self, server_id: str) -> Any:
-        from ingest.writer import GuildSnapshot
-
-        return GuildSnapshot("bench guild", self.rows)
-
-    def server_ids(self) -> list[str]:
-        return [self.server_id]
-
-    def owns(self, server_id: str) -> bool:
-        return True
-
-    def channels(self, server_id: str) -> list[Any]:
-        return []  # the benchmark measures member rows only
+BOT_ID = 1
+CHUNK = 1000  # Discord's GUILD_MEMBERS_CHUNK size
 
 
-async def bench_full_sync(url: str, members: int) -> None:
-    """Time a first full sync (all inserts, bulk mode) and a re-sync with 1 % changed and 1 % departed."""
-    from ingest.mapping import MemberRow
+def member_payload(guild_index: int, i: int) -> dict[str, Any]:
+    """A member as Discord sends it: every name distinct, a nick for one in ten, 0-3 of the guild's roles."""
+    user_id = 10**17 + guild_index * 10**7 + i
+    return {
+        "user": {
+            "id": str(user_id), "username": f"member{guild_index}_{i}", "discriminator": "0",
+            "global_name": f"Member {guild_index}/{i}" if i % 2 else None, "avatar": None, "bot": False,
+            "public_flags": 0,
+        },
+        "nick": f"nick {i}" if i % 10 == 0 else None,
+        "roles": [str(1000 + (i * 7 + k) % 20) for k in range(i % 4)],
+        "joined_at": "2024-01-01T00:00:00+00:00", "premium_since": None, "deaf": False, "mute": False,
+        "pending": False, "flags": 0, "avatar": None, "communication_disabled_until": None,
+    }  # fmt: skip
+
+
+def guild_create_payload(guild_index: int, guild_id: int, members: int) -> dict[str, Any]:
+    """GUILD_CREATE of a large guild: roles, a few channels, the bot and the online third of the members."""
+    online = [member_payload(guild_index, i) for i in range(0, members, 3)]
+    bot = member_payload(guild_index, 0)
+    bot["user"] = {**bot["user"], "id": str(BOT_ID), "username": "bot", "bot": True}
+    return {
+        "id": str(guild_id), "name": f"bench guild {guild_index}", "owner_id": str(BOT_ID), "large": True,
+        "member_count": members + 1, "unavailable": False, "features": [], "emojis": [], "stickers": [],
+        "roles": [{"id": str(guild_id), "name": "@everyone", "color": 0, "position": 0, "permissions": "1024"}]
+        + [{"id": str(1000 + r), "name": f"role {r}", "color": (r * 0x0F0F0F) & 0xFFFFFF, "position": r + 1,
+            "permissions": "0"} for r in range(20)],
+        "channels": [{"id": str(guild_id + c), "type": 0, "name": f"channel-{c}", "position": c,
+                      "permission_overwrites": []} for c in range(1, 6)],
+        "threads": [], "voice_states": [], "stage_instances": [], "guild_scheduled_events": [],
+        "members": [bot, *online],
+        "presences": [{"user": {"id": m["user"]["id"]}, "status": "online", "activities": [],
+                       "client_status": {"desktop": "online"}} for m in online],
+    }  # fmt: skip
+
+
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+async def memory_child(url: str, guilds: int, members: int) -> dict[str, Any]:
+    """Cache ``guilds`` x ``members`` through the ingest's parsers, then fully sync every guild."""
+    import orjson
+
+    from ingest.gateway import IngestClient
     from ingest.writer import Writer, WriterConfig
 
-    rows = [MemberRow("1", str(10_000 + i), f"member {i}", "online", "#99aab5") for i in range(members)]
-    source = _ListSource("1", rows)
-    writer = Writer(url, source, WriterConfig(stats_interval_s=0))
+    client = IngestClient(
+        include_bots=False, relay_messages=False, shard_count=1, shard_ids=None, guild_ready_timeout=0.1
+    )
+    state: Any = client._connection
+    state._add_ready_state = lambda _guild: True  # as before the last GUILD_CREATE: no chunk request sent
+    state.user = types.SimpleNamespace(id=BOT_ID)  # READY would set the bot user
+    parsers = state.parsers
+    writer = Writer(url, client, WriterConfig(stats_interval_s=0, heartbeat_interval_s=0))
+    client.writer = writer
+    baseline = rss()
+    started = time.perf_counter()
+    guild_ids = [(1 << 40) * (g + 1) for g in range(guilds)]
+    for g, guild_id in enumerate(guild_ids):
+        parsers["GUILD_CREATE"](orjson.loads(orjson.dumps(guild_create_payload(g, guild_id, members))))
+        count = -(-members // CHUNK)
+        for index in range(count):
+            batch = [member_payload(g, i) for i in range(index * CHUNK, min(members, (index + 1) * CHUNK))]
+            frame = {"guild_id": str(guild_id), "members": batch, "chunk_index": index, "chunk_count": count}
+            parsers["GUILD_MEMBERS_CHUNK"](orjson.loads(orjson.dumps(frame)))
+    parse_s = time.perf_counter() - started
+    cached = rss()
+    cached_members = sum(len(table) for table in client.members.values())
     writer.start()
     try:
-        for label in ("first sync", "re-sync, 2 % changed"):
-            started = time.perf_counter()
-            writer.sync_guild("1")
-            await writer.wait_idle(60)
-            print(f"full sync of {members} members, {label}: {time.perf_counter() - started:.2f} s")
-            step = max(1, members // 100)
-            source.rows = [r._replace(status="idle") if i % step == 0 else r for i, r in enumerate(rows)
-                           if i % step != 1]  # fmt: skip
+        sync_s = await sync_all(writer, guild_ids)
+        for table in client.members.values():  # as after a re-IDENTIFY: 2 % of the members changed
+            for user_id in itertools.islice(table.members, 0, None, 50):
+                table.members[user_id].status = "dnd"
+        resync_s = await sync_all(writer, guild_ids)
     finally:
         await writer.close()
+    assert writer.stats.full_syncs == 2 * guilds, writer.stats
+    return {
+        "members": cached_members,
+        "baseline_mib": baseline / 2**20,
+        "cached_mib": cached / 2**20,
+        "after_sync_mib": rss() / 2**20,
+        "per_member_kib": (cached - baseline) / cached_members / 1024,
+        "parse_s": parse_s,
+        "sync_s": sync_s,
+        "resync_s": resync_s,
+    }
+
+
+async def sync_all(writer: Any, guild_ids: list[int]) -> float:
+    """Seconds to fully sync every guild (snapshot, COPY, upsert), one after the other as the writer does."""
+    started = time.perf_counter()
+    for guild_id in guild_ids:
+        writer.sync_guild(str(guild_id))
+    await writer.wait_idle(600)
+    return time.perf_counter() - started
+
+
+def run_memory_child(url: str, guilds: int, members: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--memory-child", f"{guilds}x{members}", "--child-database", url]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory step {guilds}x{members} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # RELAY_MESSAGES before channel privacy (server check only): the reference for the cost of the channel rule.
@@ -303,63 +388,265 @@ async def bench_relay(url: str, batch: int = 2000, rounds: int = 20) -> None:
         await conn.close()
 
 
+def per_cpu_second(figures: dict[str, Any], key: str) -> float:
+    """Events per second of this process's CPU time (the rate it would reach on a core of its own)."""
+    return figures[key] / max(figures["cpu"] / 100, 1e-9)
+
+
+async def bench_throughput(url: str, args: argparse.Namespace) -> None:
+    rates = [float(r) for r in args.rates.split(",")]
+    print(f"\n1 guild of {args.members} members, {args.seconds:.0f} s per step (+{args.warmup:.0f} s warm-up); "
+          "rates per CPU second of this process (see the docstring)")  # fmt: skip
+    header = (
+        f"{'step':>22} {'received/s':>11} {'committed/s':>12} {'per cpu s':>10} {'rows/s':>8} {'batch':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6} {'pg cpu %':>9} {'commit p50 ms':>14}"
+    )
+    sim, api_base, gateway_url = start_simulator(args.members, 0)
+    try:
+        bare = await run_bare(api_base, gateway_url, args.seconds, args.warmup)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    ceiling = per_cpu_second(bare, "received")
+    print(header)
+    print(f"{'bare discord.py (ceil)':>22} {bare['received']:>11.0f} {'-':>12} {ceiling:>10.0f} {'-':>8} {'-':>6} "
+          f"{'-':>7} {'-':>7} {bare['cpu']:>6.0f}")  # fmt: skip
+    profile_text = ""
+    steps = [(rate, False) for rate in rates]
+    for rate, profiled in steps:
+        step_url = await new_database(url)
+        sim, api_base, gateway_url = start_simulator(args.members, rate)
+        try:
+            figures, text = await run_ingest(
+                api_base, gateway_url, step_url, args.seconds, args.warmup, profiled
+            )
+        finally:
+            sim.terminate()
+            sim.wait(10)
+        if profiled:  # cProfile doubles the CPU time: a separate step, not in the table
+            profile_text = text
+            continue
+        label = "unbounded" if rate == 0 else f"offered {rate:.0f}/s"
+        print(f"{'ingest ' + label:>22} {figures['received']:>11.0f} {figures['committed']:>12.0f} "
+              f"{per_cpu_second(figures, 'committed'):>10.0f} {figures['rows']:>8.0f} {figures['batch']:>6.0f} "
+              f"{figures['p50_ms']:>7.1f} {figures['p99_ms']:>7.1f} {figures['cpu']:>6.0f} "
+              f"{figures['pg_cpu']:>9.0f} {figures['commit_ms']:>14.1f}")  # fmt: skip
+        if rate == 0:
+            ratio = per_cpu_second(figures, "committed") / ceiling
+            print(f"{'':>22} unbounded ingest: committed per CPU second = {ratio:.2f}x the bare discord.py "
+                  f"parse rate (wall clock: {figures['committed'] / bare['received']:.2f}x)")  # fmt: skip
+    if profile_text:
+        print(profile_text)
+
+
+REPLAY_MEMBERS = 10_000
+REPLAY_GUILD = 1 << 41
+STATUSES = ("online", "idle", "dnd", "offline")
+
+
+def recorded_frames(count: int, members: int, seed: int = 7) -> list[bytes]:
+    """PRESENCE_UPDATE frames as Discord sends them (one zlib stream, a sync flush per frame); every
+    one changes its member's status, half carry an activity."""
+    import orjson
+
+    rng = random.Random(seed)
+    compressor = zlib.compressobj()
+    current = dict.fromkeys(range(members), "offline")
+    frames = []
+    for seq in range(1, count + 1):
+        index = rng.randrange(members)
+        status = rng.choice([s for s in STATUSES if s != current[index]])
+        current[index] = status
+        activities = [{"name": "a game", "type": 0, "created_at": 1700000000000}] if seq % 2 else []
+        data = {
+            "user": {"id": str(10**17 + index)}, "guild_id": str(REPLAY_GUILD), "status": status,
+            "activities": activities, "client_status": {} if status == "offline" else {"desktop": status},
+        }  # fmt: skip
+        raw = orjson.dumps({"op": 0, "s": seq, "t": "PRESENCE_UPDATE", "d": data})
+        frames.append(compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    return frames
+
+
+def offline_websocket(client: discord.Client, members: int) -> discord.gateway.DiscordWebSocket:
+    """discord.py's gateway reader without a socket, its client holding one guild of ``members``."""
+    import orjson
+
+    state: Any = client._connection
+    state.user = types.SimpleNamespace(id=BOT_ID)  # READY would set the bot user
+    state._add_ready_state = lambda _guild: True  # no chunk request
+    guild = guild_create_payload(0, REPLAY_GUILD, members)
+    guild["members"] = [member_payload(0, i) for i in range(members)]  # a small guild: all of them
+    guild["large"] = False
+    state.parsers["GUILD_CREATE"](orjson.loads(orjson.dumps(guild)))
+    ws = discord.gateway.DiscordWebSocket(None, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    ws._connection = state
+    ws._discord_parsers = state.parsers
+    ws._dispatch = client.dispatch
+    ws.shard_id = 0
+    return ws
+
+
+async def replay(ws: discord.gateway.DiscordWebSocket, frames: list[bytes], rate: float) -> None:
+    """Feed ``frames`` to discord.py's reader: as fast as it takes them (``rate`` 0) or ``rate``/s."""
+    if not rate:
+        for frame in frames:
+            await ws.received_message(frame)
+        return
+    tick, started = 0.005, time.perf_counter()
+    per_tick = max(1, round(rate * tick))
+    for start in range(0, len(frames), per_tick):
+        for frame in frames[start : start + per_tick]:
+            await ws.received_message(frame)
+        due = started + (start // per_tick + 1) * tick
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+
+def cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+async def replay_bare(frames: list[bytes]) -> dict[str, float]:
+    from ingest.gateway import ingest_intents
+
+    client = discord.Client(intents=ingest_intents(False), max_messages=None)
+    ws = offline_websocket(client, REPLAY_MEMBERS)
+    cpu, started = cpu_seconds(), time.perf_counter()
+    await replay(ws, frames, 0)
+    elapsed = time.perf_counter() - started
+    return {"rate": len(frames) / elapsed, "us_per_event": 1e6 * (cpu_seconds() - cpu) / len(frames)}
+
+
+async def replay_ingest(url: str, frames: list[bytes], rate: float, profile: bool = False) -> dict[str, Any]:
+    from ingest.fairness import install_cooperative_yield
+    from ingest.gateway import IngestClient
+    from ingest.writer import Writer, WriterConfig
+
+    install_cooperative_yield()  # as the worker does: the writer gets the loop every 5 ms
+    client = IngestClient(
+        include_bots=False, relay_messages=False, shard_count=1, shard_ids=None, guild_ready_timeout=0.1
+    )
+    writer = Writer(url, client, WriterConfig(stats_interval_s=0, heartbeat_interval_s=0))
+    client.writer = writer
+    ws = offline_websocket(client, REPLAY_MEMBERS)
+    writer.start()
+    try:
+        writer.sync_guild(str(REPLAY_GUILD))
+        await writer.wait_idle(60)
+        stats = writer.stats
+        events0, committed0, batches0 = stats.events, stats.rows_committed, stats.batches
+        stats.event_latency.clear()
+        profiler = cProfile.Profile() if profile else None
+        cpu, pg, started = cpu_seconds(), pg_cpu_seconds(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        await replay(ws, frames, rate)
+        await writer.wait_idle(120)
+        if profiler:
+            profiler.disable()
+        elapsed = time.perf_counter() - started
+        latencies = list(stats.event_latency)
+        figures: dict[str, Any] = {
+            "events": stats.events - events0,
+            "rate": len(frames) / elapsed,  # every frame's state is committed by the end
+            "us_per_event": 1e6 * (cpu_seconds() - cpu) / len(frames),
+            "pg_cpu": 100 * (pg_cpu_seconds() - pg) / elapsed,
+            "rows": stats.rows_committed - committed0,
+            "batch": (stats.rows_committed - committed0) / max(stats.batches - batches0, 1),
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+        }
+        if profiler:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+            figures["profile_text"] = out.getvalue()
+        return figures
+    finally:
+        await writer.close()
+
+
+async def bench_replay(url: str, args: argparse.Namespace) -> None:
+    count = args.events
+    frames = recorded_frames(count, REPLAY_MEMBERS)
+    print(f"\nreplayed gateway frames: {count} PRESENCE_UPDATE (every one a status change) over 1 guild of "
+          f"{REPLAY_MEMBERS} members, fed to discord.py's reader in this process (no simulator)")  # fmt: skip
+    print(f"{'step':>24} {'events/s':>9} {'cpu us/event':>13} {'rows':>7} {'batch':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'pg cpu %':>9}")  # fmt: skip
+    bare = await replay_bare(frames)
+    print(f"{'bare discord.py parse':>24} {bare['rate']:>9.0f} {bare['us_per_event']:>13.1f}")
+    for rate in [float(r) for r in args.rates.split(",")]:
+        step = await replay_ingest(
+            await new_database(url), frames[: int(rate * 10)] if rate else frames, rate
+        )
+        label = "ingest committed, max" if not rate else f"ingest at {rate:.0f}/s"
+        print(f"{label:>24} {step['rate']:>9.0f} {step['us_per_event']:>13.1f} {step['rows']:>7} "
+              f"{step['batch']:>6.0f} {step['p50_ms']:>7.1f} {step['p99_ms']:>7.1f} {step['pg_cpu']:>9.0f}")  # fmt: skip
+        if not rate:
+            print(f"{'':>24} sustained committed rate = {step['rate'] / bare['rate']:.2f}x the bare discord.py "
+                  "parse rate")  # fmt: skip
+    if args.profile:
+        step = await replay_ingest(await new_database(url), frames, 0, profile=True)
+        print(step["profile_text"])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``10000`` (one guild) or ``10x100000`` (guilds x members)."""
+    guilds, _, members = text.rpartition("x")
+    return int(guilds or 1), int(members)
+
+
+async def bench_memory(url: str, sizes: list[tuple[int, int]]) -> None:
+    print(
+        "\nmembers cached through the parsers (one fresh process per size), then a full sync of every guild"
+    )
+    print(f"{'size':>12} {'members':>9} {'base MiB':>9} {'cached MiB':>11} {'KiB/member':>11} {'after sync MiB':>15} "
+          f"{'parse s':>8} {'full sync s':>12} {'re-sync 2 % s':>14}")  # fmt: skip
+    for guilds, members in sizes:
+        step = run_memory_child(await new_database(url), guilds, members)
+        print(f"{f'{guilds}x{members}':>12} {step['members']:>9} {step['baseline_mib']:>9.0f} {step['cached_mib']:>11.0f} "
+              f"{step['per_member_kib']:>11.3f} {step['after_sync_mib']:>15.0f} {step['parse_s']:>8.2f} "
+              f"{step['sync_s']:>12.2f} {step['resync_s']:>14.2f}")  # fmt: skip
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--quick", action="store_true", help="4 s windows, sizes 10k and 100k only")
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument(
-        "--rates", default="4000,8000,12000,16000,0", help="offered presence/s; 0 = unbounded"
-    )
+    parser.add_argument("--rates", default="8000,0", help="offered presence/s; 0 = unbounded")
+    parser.add_argument("--sizes", default="10000,100000,10x100000", help="memory steps: members or GxM")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest at the unbounded rate")
-    parser.add_argument("--sync-members", type=int, default=100_000, help="size of the full-sync benchmark")
-    parser.add_argument("--relay-only", action="store_true", help="only the chat relay statement benchmark")
-    args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
-    print(f"1 guild of {args.members} members, {os.cpu_count()} cores, {args.seconds:.0f} s per step "
-          f"(+{args.warmup:.0f} s warm-up), uvloop: no")  # fmt: skip
-    header = (
-        f"{'step':>22} {'received/s':>11} {'committed/s':>12} {'rows/s':>8} {'batch':>6} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'cpu %':>6} {'pg cpu %':>9} {'commit p50 ms':>14}"
+    parser.add_argument("--relay", action="store_true", help="also the chat relay statement benchmark")
+    parser.add_argument("--events", type=int, default=200_000, help="replayed presence frames")
+    parser.add_argument(
+        "--network",
+        action="store_true",
+        help="also through the simulator's gateway (wall clock, shared cores)",
     )
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-database", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        guilds, members = parse_size(args.memory_child)
+        print(json.dumps(await memory_child(args.child_database, guilds, members)))
+        return
+    if args.quick:
+        args.seconds, args.warmup, args.sizes, args.events = 4.0, 1.0, "10000,100000", 60_000
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, uvloop: no")
     with database() as url:
-        await bench_relay(await new_database(url))
-        if args.relay_only:
-            return
-        sync_url = await new_database(url)
-        await bench_full_sync(sync_url, args.sync_members)
-        sim, api_base, gateway_url = start_simulator(args.members, 0)
-        try:
-            bare = await run_bare(api_base, gateway_url, args.seconds, args.warmup)
-        finally:
-            sim.terminate()
-            sim.wait(10)
-        print(header)
-        print(f"{'bare discord.py (ceil)':>22} {bare['received']:>11.0f} {'-':>12} {'-':>8} {'-':>6} {'-':>7} {'-':>7} "
-              f"{bare['cpu']:>6.0f}")  # fmt: skip
-        profile_text = ""
-        for rate in rates:
-            step_url = await new_database(url)
-            sim, api_base, gateway_url = start_simulator(args.members, rate)
-            try:
-                figures, text = await run_ingest(
-                    api_base, gateway_url, step_url, args.seconds, args.warmup, args.profile and rate == 0
-                )
-            finally:
-                sim.terminate()
-                sim.wait(10)
-            profile_text = text or profile_text
-            label = "unbounded" if rate == 0 else f"offered {rate:.0f}/s"
-            print(f"{'ingest ' + label:>22} {figures['received']:>11.0f} {figures['committed']:>12.0f} "
-                  f"{figures['rows']:>8.0f} {figures['batch']:>6.0f} {figures['p50_ms']:>7.1f} "
-                  f"{figures['p99_ms']:>7.1f} {figures['cpu']:>6.0f} {figures['pg_cpu']:>9.0f} {figures['commit_ms']:>14.1f}")  # fmt: skip
-            if rate == 0:
-                print(f"{'':>22} unbounded ingest = {100 * figures['committed'] / bare['received']:.0f} % of the "
-                      "bare discord.py ceiling")  # fmt: skip
-        if profile_text:
-            print(profile_text)
+        if args.relay:
+            await bench_relay(await new_database(url))
+        await bench_replay(url, args)
+        if args.network:
+            await bench_throughput(url, args)
+        if args.sizes:
+            await bench_memory(url, [parse_size(size) for size in args.sizes.split(",")])
+    load = os.getloadavg()
+    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

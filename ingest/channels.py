@@ -159,13 +159,18 @@ def relay_channel_id(
     return getattr(channel, "id", None)
 
 
-def readable_message(message: discord.Message) -> str:
-    """The message's content with mentions and custom emoji resolved from discord.py's cache."""
+def readable_message(message: discord.Message, member_name: NameLookup | None = None) -> str:
+    """The message's content with mentions and custom emoji resolved (members by ``member_name``, the
+    ingest's member table, else discord.py's cache and the message's mentions; roles and channels from
+    discord.py's cache)."""
     guild = message.guild
     assert guild is not None
     mentioned = {user.id: user.display_name for user in message.mentions}
 
     def user(user_id: int) -> str | None:
+        name = member_name(user_id) if member_name is not None else None
+        if name is not None:
+            return name
         member = guild.get_member(user_id)
         return member.display_name if member is not None else mentioned.get(user_id)
 

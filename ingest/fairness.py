@@ -33,4 +33,5 @@ def install_cooperative_yield(max_stretch_s: float = 0.005) -> None:
             await asyncio.sleep(0)
 
     received_message._dzone_yields = True  # type: ignore[attr-defined]
+    received_message.__wrapped__ = original  # type: ignore[attr-defined]  # inspect.unwrap finds discord.py's
     DiscordWebSocket.received_message = received_message  # type: ignore[method-assign]

@@ -1,9 +1,15 @@
 """The discord.py side: a client whose handlers only hand state to the writer.
 
-Hot events (presence, member, message) are handled synchronously inside :meth:`IngestClient.dispatch`
-instead of discord.py's one-task-per-event scheduling: each handler is a few attribute reads and a
-dict assignment, so a task per event would cost more than the work. Every handler is wrapped: an
-exception is logged with the event and ids, and the worker keeps running.
+discord.py keeps the gateway (identify, heartbeats, resume, sharding, zlib-stream, rate limits), its
+guild, channel and role cache, and the ready/chunking logic. Members are ours: the hot events
+(PRESENCE_UPDATE, GUILD_MEMBER_ADD/UPDATE/REMOVE, GUILD_MEMBERS_CHUNK, the members and presences of
+GUILD_CREATE) are parsed from their raw payloads into :mod:`ingest.members` by entries we put in
+discord.py's parser table (``ConnectionState.parsers``, an internal: tests/test_ingest_lean.py fails
+when it changes). discord.py's member cache is off, so it builds no ``Member`` per event.
+
+The other handlers run synchronously inside :meth:`IngestClient.dispatch` instead of discord.py's
+one-task-per-event scheduling. Every handler and parser is wrapped: an exception is logged with the
+event and ids, and the worker keeps running.
 
 Full syncs happen on ``guild_available``/``guild_join``, which discord.py dispatches for every guild
 after each READY (startup and every re-IDENTIFY) once the member chunks arrived; RESUME replays the
@@ -20,7 +26,8 @@ import discord
 import structlog
 
 from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
-from ingest.mapping import member_row
+from ingest.mapping import RoleView
+from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
 from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
 
@@ -44,8 +51,25 @@ def shard_of(server_id: int, shard_count: int) -> int:
     return (server_id >> 22) % shard_count
 
 
+# The parsers of discord.py's table that are replaced by ours (the originals of some still run after).
+LEAN_PARSERS = (
+    "READY",
+    "GUILD_CREATE",
+    "GUILD_MEMBERS_CHUNK",
+    "PRESENCE_UPDATE",
+    "GUILD_MEMBER_ADD",
+    "GUILD_MEMBER_UPDATE",
+    "GUILD_MEMBER_REMOVE",
+)
+
+
+def role_of(role: discord.Role) -> RoleView:
+    """A discord.py role as the colour rule needs it."""
+    return RoleView(role.position, role.id, role.colour.value)
+
+
 class IngestClient(discord.AutoShardedClient):
-    """Runs some or all shards; is the writer's GuildSource (snapshots come from discord.py's cache)."""
+    """Runs some or all shards; is the writer's GuildSource (members from our table, the rest from discord.py)."""
 
     writer: Writer
 
@@ -67,31 +91,28 @@ class IngestClient(discord.AutoShardedClient):
         super().__init__(
             intents=intents,
             **sharding,
+            # discord.py still requests the chunks and waits for them before guild_available; our
+            # GUILD_MEMBERS_CHUNK parser fills the table and completes its requests.
             chunk_guilds_at_startup=True,
             guild_ready_timeout=guild_ready_timeout,
             max_messages=None,  # we never look messages up again: no cache
-            member_cache_flags=discord.MemberCacheFlags.from_intents(intents),
+            member_cache_flags=discord.MemberCacheFlags.none(),  # members live in self.members
             status=discord.Status.invisible,
-            # every PRESENCE_UPDATE as a raw event first, so one for a member not cached yet is kept
-            enable_raw_presences=True,
+            enable_raw_presences=True,  # PRESENCE_UPDATE is parsed by us; kept as discord.py's own path
         )
         self.include_bots = include_bots
         self.relay_messages = relay_messages
         self.held_presences = HeldPresences()
+        self.members: dict[int, GuildMembers] = {}  # guild id -> its member table
         self.event_counts: Counter[str] = Counter()  # dispatched events by name, for /metrics
         self.shard_states: dict[int, str] = {}  # shard -> "connected" | "ready" | "disconnected"
         self._ingest_handlers: dict[str, Callable[..., None]] = {
-            "raw_presence_update": self.held_presences.observe,
-            "presence_update": self._on_presence_update,
-            "member_join": self._on_member_join,
-            "member_update": self._on_member_update,
-            "raw_member_remove": self._on_raw_member_remove,
-            "user_update": self._on_user_update,
             "guild_available": self._on_guild_available,
             "guild_join": self._on_guild_available,
             "guild_remove": self._on_guild_remove,
             "guild_unavailable": self._on_guild_unavailable,
             "guild_update": self._on_guild_update,
+            "guild_role_create": self._on_guild_role_create,
             "guild_role_update": self._on_guild_role_update,
             "guild_role_delete": self._on_guild_role_delete,
             "guild_channel_create": self._on_channel_changed,
@@ -105,16 +126,17 @@ class IngestClient(discord.AutoShardedClient):
         }
         if relay_messages:
             self._ingest_handlers["message"] = self._on_message
+        self._install_parsers()
 
     # --- GuildSource --------------------------------------------------------------------------------
     def snapshot(self, server_id: str) -> GuildSnapshot | None:
         guild = self.get_guild(int(server_id))
-        if guild is None or guild.unavailable:
+        table = self.members.get(int(server_id))
+        if guild is None or guild.unavailable or table is None or table.unavailable:
             return None
-        self.held_presences.apply_guild(guild)  # members chunked since their presence arrived
-        include_bots = self.include_bots
-        rows = [member_row(m) for m in guild.members if include_bots or not m.bot]
-        return GuildSnapshot(guild.name, rows)
+        if self.held_presences.holds(table.id):
+            self.held_presences.apply_guild(table)  # members chunked since their presence arrived
+        return GuildSnapshot(guild.name, table.rows(self.include_bots))
 
     def channels(self, server_id: str) -> list[ChannelRow] | None:
         guild = self.get_guild(int(server_id))
@@ -132,6 +154,8 @@ class IngestClient(discord.AutoShardedClient):
 
     # --- dispatch -------------------------------------------------------------------------------------
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if event == "socket_event_type":
+            return  # discord.py's notice of every frame, for on_socket_event_type listeners: we have none
         self.event_counts[event] += 1
         handler = self._ingest_handlers.get(event)
         if handler is not None:
@@ -151,34 +175,120 @@ class IngestClient(discord.AutoShardedClient):
         """discord.py's own handler errors (coroutine handlers, parsers) go to our log with context."""
         log.exception("discord_handler_failed", handler_event=event_method, context=_context(args))
 
-    # --- handlers: each computes rows and hands them over, nothing else ------------------------------
-    def _put(self, member: discord.Member) -> None:
-        if member.bot and not self.include_bots:
+    # --- raw parsers: the hot events, from their payloads into self.members ---------------------------
+    def _install_parsers(self) -> None:
+        parsers = self._connection.parsers
+        self._discord_parsers = {name: parsers[name] for name in LEAN_PARSERS}
+        ours: dict[str, Callable[[Any], None]] = {
+            "READY": self._parse_ready,
+            "GUILD_CREATE": self._parse_guild_create,
+            "GUILD_MEMBERS_CHUNK": self._parse_members_chunk,
+            "PRESENCE_UPDATE": self._parse_presence_update,
+            "GUILD_MEMBER_ADD": self._parse_member_add,
+            "GUILD_MEMBER_UPDATE": self._parse_member_update,
+            "GUILD_MEMBER_REMOVE": self._parse_member_remove,
+        }
+        for name, parser in ours.items():
+            parsers[name] = _guarded(name, parser)
+
+    def _parse_ready(self, data: dict[str, Any]) -> None:
+        # discord.py replaces the Guild of every guild READY lists (unavailable until its GUILD_CREATE).
+        for guild_data in data.get("guilds") or ():
+            self._drop_table(int(guild_data["id"]))
+        self._discord_parsers["READY"](data)
+
+    def _parse_guild_create(self, data: dict[str, Any]) -> None:
+        if data.get("unavailable") is True:
+            self._discord_parsers["GUILD_CREATE"](data)
             return
-        self.writer.put(member_row(member))
+        guild_id = int(data["id"])
+        self._drop_table(guild_id)
+        table = GuildMembers(
+            guild_id, {view.role_id: view for view in map(role_view, data.get("roles") or ())}
+        )
+        members = data.get("members") or []
+        statuses = {int(p["user"]["id"]): presence_status(p) for p in data.get("presences") or ()}
+        table.add_chunk(members, statuses)
+        self.members[guild_id] = table  # before discord.py's parser: it may dispatch guild_available
+        self_id = str(self._connection.self_id)
+        own = [m for m in members if m["user"]["id"] == self_id]  # discord.py keeps only guild.me
+        self._discord_parsers["GUILD_CREATE"]({**data, "members": own, "presences": []})
 
-    def _on_presence_update(self, before: discord.Member, after: discord.Member) -> None:
-        # Activities change far more often than status; only status can change our row here
-        # (name changes arrive as user_update).
-        if before.raw_status != after.raw_status:
-            self._put(after)
+    def _parse_members_chunk(self, data: dict[str, Any]) -> None:
+        guild_id = int(data["guild_id"])
+        table = self.members.get(guild_id)
+        if table is not None:
+            statuses = {int(p["user"]["id"]): presence_status(p) for p in data.get("presences") or ()}
+            table.add_chunk(data.get("members") or [], statuses)
+            if self.held_presences.holds(guild_id):
+                self.held_presences.apply_guild(table)
+        complete = data.get("chunk_index", 0) + 1 == data.get("chunk_count")
+        # discord.py's ready logic waits on its chunk request: complete it (with no Member objects).
+        self._connection.process_chunk_requests(guild_id, data.get("nonce"), [], complete)
 
-    def _on_member_join(self, member: discord.Member) -> None:
-        self.held_presences.apply_member(member)  # its presence may have come first
-        self._put(member)
+    def _parse_presence_update(self, data: dict[str, Any]) -> None:
+        # Only the status can change our row; activities and client statuses are never looked at.
+        self.event_counts["presence_update"] += 1
+        raw_guild_id = data.get("guild_id")
+        if raw_guild_id is None:
+            return  # not a guild member's presence
+        guild_id = int(raw_guild_id)
+        user = data["user"]
+        user_id = int(user["id"])
+        status = presence_status(data)
+        table = self.members.get(guild_id)
+        if table is None:
+            known = self._connection._get_guild(guild_id) is not None  # READY listed it, no GUILD_CREATE yet
+            self.held_presences.drop("guild_unavailable" if known else "unknown_guild")
+            return
+        member = table.members.get(user_id)
+        if member is None or table.unavailable:
+            self.held_presences.observe(table, user_id, status)
+            return
+        renamed = len(user) > 1 and table.rename_user(user_id, user)
+        if member.status == status and not renamed:
+            return
+        member.status = status
+        self._put(table, user["id"], member)
 
-    def _on_member_update(self, before: discord.Member, after: discord.Member) -> None:
-        self._put(after)
+    def _parse_member_add(self, data: dict[str, Any]) -> None:
+        table = self.members.get(int(data["guild_id"]))
+        if table is not None:
+            user_id, member, _ = table.upsert(data)
+            if self.held_presences.holds(table.id):
+                self.held_presences.apply_member(table, user_id)  # its presence may have come first
+            self._put(table, user_id, member)
+        self._discord_parsers["GUILD_MEMBER_ADD"](data)  # keeps guild.member_count; dispatches member_join
 
-    def _on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
-        self.held_presences.forget_member(payload.guild_id, payload.user.id)
-        self.writer.remove(str(payload.guild_id), str(payload.user.id))
+    def _parse_member_update(self, data: dict[str, Any]) -> None:
+        self.event_counts["member_update"] += 1
+        table = self.members.get(int(data["guild_id"]))
+        if table is None:
+            return
+        user_id, member, changed = table.upsert(data)
+        if self.held_presences.holds(table.id) and self.held_presences.apply_member(table, user_id):
+            changed = True
+        if changed:
+            self._put(table, user_id, member)
 
-    def _on_user_update(self, before: discord.User, after: discord.User) -> None:
-        for guild in after.mutual_guilds:
-            member = guild.get_member(after.id)
-            if member is not None:
-                self._put(member)
+    def _parse_member_remove(self, data: dict[str, Any]) -> None:
+        guild_id, user_id = int(data["guild_id"]), int(data["user"]["id"])
+        table = self.members.get(guild_id)
+        if table is not None:
+            table.remove(user_id)
+        self.held_presences.forget_member(guild_id, user_id)
+        self.writer.remove(str(guild_id), str(user_id))
+        self._discord_parsers["GUILD_MEMBER_REMOVE"](data)  # keeps guild.member_count
+
+    def _drop_table(self, guild_id: int) -> None:
+        if self.members.pop(guild_id, None) is not None:
+            self.held_presences.forget_guild(guild_id, superseded=True)
+
+    # --- handlers: each computes rows and hands them over, nothing else ------------------------------
+    def _put(self, table: GuildMembers, user_id: int | str, member: LeanMember) -> None:
+        if member.flags & BOT and not self.include_bots:
+            return
+        self.writer.put(table.row(user_id, member))
 
     def _on_guild_available(self, guild: discord.Guild) -> None:
         log.info("guild_available", server_id=guild.id, members=guild.member_count, shard=guild.shard_id)
@@ -186,35 +296,51 @@ class IngestClient(discord.AutoShardedClient):
 
     def _on_guild_remove(self, guild: discord.Guild) -> None:
         log.info("guild_removed", server_id=guild.id)
+        self.members.pop(guild.id, None)
         self.held_presences.forget_guild(guild.id)
         self.writer.depart_guild(str(guild.id))
 
     def _on_guild_unavailable(self, guild: discord.Guild) -> None:
         log.info("guild_unavailable", server_id=guild.id)  # an outage: GUILD_CREATE follows, then a sync
+        table = self.members.get(guild.id)
+        if table is not None:
+            table.unavailable = True
         self.held_presences.forget_guild(guild.id, superseded=True)
 
     def _on_guild_update(self, before: discord.Guild, after: discord.Guild) -> None:
         if before.name != after.name:
             self.writer.rename_guild(str(after.id), after.name)
 
+    def _on_guild_role_create(self, role: discord.Role) -> None:
+        table = self.members.get(role.guild.id)
+        if table is not None:
+            table.set_role(role_of(role))
+
     def _on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
-        # The colour or the hierarchy changed: every member holding the role may render differently.
-        if before.colour != after.colour or before.position != after.position:
-            for member in after.members:
-                self._put(member)
+        table = self.members.get(after.guild.id)
+        if table is not None:
+            table.set_role(role_of(after))
+            # The colour or the hierarchy changed: every member holding the role may render differently.
+            if before.colour != after.colour or before.position != after.position:
+                for user_id, member in list(table.holding(after.id)):
+                    self._put(table, user_id, member)
         # @everyone's permissions are every channel's base: which channels are public may have changed.
         if after.is_default() and before.permissions != after.permissions:
             self.writer.sync_channels(str(after.guild.id))
+
+    def _on_guild_role_delete(self, role: discord.Role) -> None:
+        table = self.members.get(role.guild.id)
+        if table is not None:
+            holders = list(table.holding(role.id))
+            table.delete_role(role.id)
+            for user_id, member in holders:
+                self._put(table, user_id, member)
 
     def _on_channel_changed(self, channel: discord.abc.GuildChannel) -> None:
         self.writer.sync_channels(str(channel.guild.id))
 
     def _on_channel_updated(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
         self.writer.sync_channels(str(after.guild.id))
-
-    def _on_guild_role_delete(self, role: discord.Role) -> None:
-        for member in role.guild.members:  # the role is gone from the cache: re-derive everyone
-            self._put(member)
 
     def _on_message(self, message: discord.Message) -> None:
         if message.guild is None:
@@ -225,9 +351,15 @@ class IngestClient(discord.AutoShardedClient):
         channel_id = relay_channel_id(message.channel)
         if channel_id is None:
             return  # a private thread: invite-only, never public
+        table = self.members.get(message.guild.id)
+        names = table.display_name_of if table is not None else None
         # The relay rule itself is applied in SQL at the flush (discord_channels), where operators set it.
         self.writer.relay_message(
-            str(message.guild.id), str(author.id), str(channel_id), str(message.id), readable_message(message)
+            str(message.guild.id),
+            str(author.id),
+            str(channel_id),
+            str(message.id),
+            readable_message(message, names),
         )
 
     def _on_ready(self) -> None:
@@ -251,6 +383,26 @@ class IngestClient(discord.AutoShardedClient):
     def _on_shard_disconnect(self, shard_id: int) -> None:
         self.shard_states[shard_id] = "disconnected"
         log.info("shard_disconnected", shard=shard_id)
+
+
+def _guarded(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``parser`` with its exceptions logged (event, guild and user ids) instead of ending the shard's loop."""
+
+    def guarded(data: Any) -> None:
+        try:
+            parser(data)
+        except Exception as exc:  # logged with context and traceback; the worker goes on
+            user = data.get("user") if isinstance(data, dict) else None
+            log.error(
+                "parser_failed",
+                gateway_event=event,
+                guild_id=data.get("guild_id", data.get("id")) if isinstance(data, dict) else None,
+                user_id=user.get("id") if isinstance(user, dict) else None,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+
+    return guarded
 
 
 def _context(args: tuple[Any, ...]) -> dict[str, Any]:

@@ -1,17 +1,14 @@
 """Discord state -> discord_users / discord_servers values, as the d-back guide maps it.
 
-Plain functions over plain data (testable without a gateway) plus thin adapters over discord.py
-objects. ``username`` is the member's display name; ``role_color`` the colour of the highest role
-that has one, as lowercase ``#rrggbb``, else ``#99aab5``.
+Plain functions over plain data (testable without a gateway); ingest.members applies them to payloads.
+``username`` is the member's display name; ``role_color`` the colour of the highest role that has one,
+as lowercase ``#rrggbb``, else ``#99aab5``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
-
-if TYPE_CHECKING:
-    import discord
+from typing import NamedTuple
 
 DEFAULT_ROLE_COLOR = "#99aab5"
 USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
@@ -88,22 +85,6 @@ def row_from_data(
         clean_text(display_name, USERNAME_MAX_CHARS),
         status_name(raw_status),
         highest_role_color(roles),
-    )
-
-
-def member_role_color(member: discord.Member) -> str:
-    """Colour of the member's highest coloured role; discord.py sorts roles in Discord's hierarchy order."""
-    return color_hex(member.colour.value)
-
-
-def member_row(member: discord.Member) -> MemberRow:
-    """The row of a discord.py member (kept small: it runs for every presence update)."""
-    return MemberRow(
-        str(member.guild.id),
-        str(member.id),
-        clean_text(member.display_name, USERNAME_MAX_CHARS),
-        _STATUS_BY_RAW.get(member.raw_status, "offline"),
-        color_hex(member.colour.value),
     )
 
 

@@ -21,7 +21,9 @@ __all__ = [
     "SERVER_DEPART",
     "SERVER_RENAME",
     "SERVER_UPSERT_SYNCED",
-    "SYNC_COUNT_CHANGES",
+    "SYNC_CHANGED_TABLE",
+    "SYNC_COUNT_DEPARTED",
+    "SYNC_CREATE_CHANGED",
     "SYNC_CREATE_TEMP",
     "SYNC_DELETE_DEPARTED",
     "SYNC_TEMP_TABLE",
@@ -97,20 +99,26 @@ CREATE TEMP TABLE {SYNC_TEMP_TABLE} (
 ) ON COMMIT DROP
 """
 
-# How many rows the sync will change: decides between per-row notifications and bulk mode + resync.
-SYNC_COUNT_CHANGES = f"""
-SELECT
-  (SELECT count(*) FROM {SYNC_TEMP_TABLE} t
-     LEFT JOIN discord_users u ON u.server_id = $1 AND u.user_id = t.user_id
-     WHERE u.user_id IS NULL
-        OR (u.username, u.status, u.role_color) IS DISTINCT FROM (t.username, t.status, t.role_color))
-  + (SELECT count(*) FROM discord_users u
-     WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id))
+# The snapshot's rows that differ from the stored ones (new or changed): only these go through the
+# upsert, so a re-sync that changes 2 % of a guild touches 2 % of its rows. Its status gives the count.
+SYNC_CHANGED_TABLE = "dzone_sync_changed"
+SYNC_CREATE_CHANGED = f"""
+CREATE TEMP TABLE {SYNC_CHANGED_TABLE} ON COMMIT DROP AS
+SELECT t.* FROM {SYNC_TEMP_TABLE} t
+LEFT JOIN discord_users u ON u.server_id = $1 AND u.user_id = t.user_id
+WHERE u.user_id IS NULL
+   OR (u.username, u.status, u.role_color) IS DISTINCT FROM (t.username, t.status, t.role_color)
+"""
+
+# Stored rows of members the snapshot no longer has (deleted by SYNC_DELETE_DEPARTED when any).
+SYNC_COUNT_DEPARTED = f"""
+SELECT count(*) FROM discord_users u
+WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id)
 """
 
 SYNC_UPSERT = f"""
 INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
-SELECT $1, t.user_id, t.username, t.status, t.role_color FROM {SYNC_TEMP_TABLE} t
+SELECT $1, t.user_id, t.username, t.status, t.role_color FROM {SYNC_CHANGED_TABLE} t
 ON CONFLICT (user_id, server_id) DO UPDATE
     SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
     WHERE (u.username, u.status, u.role_color)

@@ -1,8 +1,8 @@
 """The coalescing writer: discord.py handlers hand it state, it commits the latest state in batches.
 
-Handlers call :meth:`Writer.put` / :meth:`Writer.remove` (no I/O, a dict assignment). Pending state is
-kept per (server, user), so the queue is bounded by the number of members, never by the event rate,
-and the latest state wins. One task commits batches (``batch_max_rows`` rows or ``batch_max_delay_s``,
+Handlers call :meth:`Writer.put` / :meth:`Writer.remove` (no I/O, a dict assignment). The pending state
+(ingest.pending) is kept per (server, user), so the queue is bounded by the number of members, never by
+the event rate, and the latest state wins; the statements are ingest.store's. One task commits batches (``batch_max_rows`` rows or ``batch_max_delay_s``,
 whichever first) on one connection, one statement per batch. When PostgreSQL is unreachable the batch
 goes back into the pending state (unless something newer arrived), the task retries with backoff, and
 after a long outage it asks for a full sync of every guild. Every database error is retried (only a
@@ -32,11 +32,12 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 import structlog
 
-from ingest import queries
+from ingest import store
 from ingest.channels import ChannelRow
-from ingest.mapping import MemberRow, clean_text, server_name
+from ingest.mapping import MemberRow
+from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
+from ingest.store import ROW_ERRORS
 from shared.db import redacted
-from shared.feed import MESSAGE_MAX_CHARS
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +51,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # The protocol state is broken (seen when the server shuts down under a live connection): a new
     # connection fixes it, so it is handled like a lost connection.
     asyncpg.InternalClientError,
-)
-
-# The server refused one row's data: that row is dropped (logged, counted), its neighbours written.
-ROW_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
 )
 
 # Errors an operator has to fix (credentials, pg_hba, a missing database or schema, privileges): the
@@ -102,16 +97,6 @@ class Heartbeat(NamedTuple):
     shard_count: int | None
     started_at: datetime
     shards: list[tuple[int, str, float | None]]  # shard id, state, gateway latency in ms
-
-
-class ChatLine(NamedTuple):
-    """A chat message to announce (never stored)."""
-
-    server_id: str
-    user_id: str
-    channel_id: str
-    message_id: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -167,14 +152,6 @@ class WriterHealth:
     failures_in_a_row: int = 0
 
 
-class _Op(NamedTuple):
-    kind: str  # "sync" | "depart" | "rename"
-    name: str = ""
-
-
-_Entry = tuple[MemberRow | None, float]  # None: delete the row; float: monotonic enqueue time
-
-
 def percentile(samples: Iterable[float], fraction: float) -> float:
     """The ``fraction`` quantile (nearest rank) of ``samples``; 0.0 when there are none."""
     ordered = sorted(samples)
@@ -199,12 +176,7 @@ class Writer:
         self._source = source
         self.config = config or WriterConfig()
         self.stats = WriterStats()
-        self._pending: dict[str, dict[str, _Entry]] = {}
-        self._n_pending = 0
-        self._ops: dict[str, _Op] = {}
-        self._reconcile: set[str] | None = None
-        self._channel_syncs: set[str] = set()  # guilds whose channel rows are re-read at the next flush
-        self._messages: deque[ChatLine] = deque()
+        self._pending = PendingWork(self.config.batch_max_rows, self.config.message_queue_max)
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._stopping = False
@@ -223,25 +195,14 @@ class Writer:
     # --- called by handlers: no I/O, O(1) ---------------------------------------------------------
     def put(self, row: MemberRow) -> None:
         """Make ``row`` the pending state of its (server, user)."""
-        guild = self._pending.get(row[0])
-        if guild is None:
-            guild = self._pending[row[0]] = {}
-        if row[1] not in guild:
-            self._n_pending += 1
-            if self._n_pending >= self.config.batch_max_rows:
-                self._full.set()
-        guild[row[1]] = (row, time.monotonic())
+        if self._pending.put(row, time.monotonic()):
+            self._full.set()
         self.stats.events += 1
         self._wake.set()
 
     def remove(self, server_id: str, user_id: str) -> None:
         """The member left: delete its row (unless it comes back before the next flush)."""
-        guild = self._pending.get(server_id)
-        if guild is None:
-            guild = self._pending[server_id] = {}
-        if user_id not in guild:
-            self._n_pending += 1
-        guild[user_id] = (None, time.monotonic())
+        self._pending.remove(server_id, user_id, time.monotonic())
         self.stats.events += 1
         self._wake.set()
 
@@ -250,29 +211,22 @@ class Writer:
         if self._closed:
             log.info("writer_closed_ignoring", work="sync", server_id=server_id)
             return
-        self._ops[server_id] = _Op("sync")
-        self._channel_syncs.add(server_id)
+        self._pending.sync_guild(server_id)
         self._wake.set()
 
     def sync_channels(self, server_id: str) -> None:
         """Re-read the guild's channels at the next flush: upsert every one, delete the vanished ones."""
-        self._channel_syncs.add(server_id)
+        self._pending.channel_syncs.add(server_id)
         self._wake.set()
 
     def depart_guild(self, server_id: str) -> None:
         """The bot left the guild: mark the server departed and delete its members' rows."""
-        self._ops[server_id] = _Op("depart")
-        self._channel_syncs.discard(server_id)
-        dropped = self._pending.pop(server_id, None)  # older than the departure
-        if dropped:
-            self._n_pending -= len(dropped)
+        self._pending.depart_guild(server_id)
         self._wake.set()
 
     def rename_guild(self, server_id: str, name: str) -> None:
         """Keep the server's name current (a pending full sync writes the name anyway)."""
-        if self._ops.get(server_id, _Op("")).kind in ("sync", "depart"):
-            return  # the sync reads the current name; a departed guild keeps its last name
-        self._ops[server_id] = _Op("rename", server_name(name, server_id))
+        self._pending.rename_guild(server_id, name)
         self._wake.set()
 
     def reconcile(self, present_server_ids: Iterable[str]) -> None:
@@ -280,47 +234,36 @@ class Writer:
         if self._closed:
             log.info("writer_closed_ignoring", work="reconcile")
             return
-        self._reconcile = set(present_server_ids)
+        self._pending.reconcile = set(present_server_ids)
         self._wake.set()
 
     def relay_message(
         self, server_id: str, user_id: str, channel_id: str, message_id: str, text: str
     ) -> None:
         """Announce a chat message (kept in order; the oldest are dropped beyond the bound)."""
-        if len(self._messages) >= self.config.message_queue_max:
-            self._messages.popleft()
-            self.stats.messages_dropped += 1
+        if not self._pending.relay(ChatLine(server_id, user_id, channel_id, message_id, text)):
+            self.stats.messages_dropped = self._pending.messages_dropped
             if self.stats.messages_dropped % 1000 == 1:
                 log.warning(
                     "message_queue_full",
                     dropped_total=self.stats.messages_dropped,
                     bound=self.config.message_queue_max,
                 )
-        self._messages.append(
-            ChatLine(server_id, user_id, channel_id, message_id, clean_text(text, MESSAGE_MAX_CHARS))
-        )
         self._wake.set()
 
     @property
     def pending_messages(self) -> int:
         """Chat lines waiting to be announced."""
-        return len(self._messages)
+        return len(self._pending.messages)
 
     @property
     def pending_rows(self) -> int:
         """Rows waiting to be committed (after coalescing)."""
-        return self._n_pending
+        return self._pending.row_count
 
     def idle(self) -> bool:
         """Nothing is waiting to be written."""
-        return not (
-            self._n_pending
-            or self._ops
-            or self._channel_syncs
-            or self._messages
-            or self._reconcile is not None
-            or self._flushing
-        )
+        return not self._flushing and self._pending.idle()
 
     @property
     def health(self) -> WriterHealth:
@@ -370,9 +313,9 @@ class Writer:
                 flushed = False
                 log.error(
                     "writer_flush_timeout",
-                    pending_rows=self._n_pending,
-                    pending_guild_ops=len(self._ops),
-                    pending_messages=len(self._messages),
+                    pending_rows=self.pending_rows,
+                    pending_guild_ops=len(self._pending.ops),
+                    pending_messages=self.pending_messages,
                     timeout_s=timeout,
                 )
                 self._task.cancel()
@@ -387,9 +330,9 @@ class Writer:
         if not self.idle():  # arrived after the flush (discord.py tasks still winding down)
             log.warning(
                 "writer_closed_with_late_work",
-                pending_rows=self._n_pending,
-                guild_ops=len(self._ops),
-                messages=len(self._messages),
+                pending_rows=self.pending_rows,
+                guild_ops=len(self._pending.ops),
+                messages=self.pending_messages,
                 pending_at_close=pending_at_close,
             )
         return flushed
@@ -412,7 +355,11 @@ class Writer:
                 if self.idle() and not self._stopping:
                     await self._attempt(self._probe)  # no work for a while: is the database still there?
                 continue
-            if not self._stopping and not self._ops and self._n_pending < self.config.batch_max_rows:
+            if (
+                not self._stopping
+                and not self._pending.ops
+                and self.pending_rows < self.config.batch_max_rows
+            ):
                 # Batch window: a few ms or a full batch, whichever first.
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
@@ -449,24 +396,13 @@ class Writer:
         beat = self._heartbeat()
         if beat is None:  # the shards are not known yet
             return
-        ids, states, latencies = (
-            (list(column) for column in zip(*beat.shards, strict=True)) if beat.shards else ([], [], [])
-        )
-        await conn.execute(
-            queries.HEARTBEAT,
-            beat.instance,
-            beat.shard_count,
-            self._n_pending,
-            beat.started_at,
-            ids,
-            states,
-            latencies,
+        await store.heartbeat(
+            conn, beat.instance, beat.shard_count, self.pending_rows, beat.started_at, beat.shards
         )
         self._last_heartbeat = time.monotonic()
 
     async def _probe(self, conn: asyncpg.Connection) -> None:
-        if await conn.fetchval(queries.PROBE_READ_ONLY):
-            raise asyncpg.ReadOnlySQLTransactionError("the database is in recovery (read-only)")
+        await store.probe(conn)
 
     def _succeeded(self) -> None:
         self._connected_once = True
@@ -478,13 +414,13 @@ class Writer:
         self._last_error = None
         self.stats.reconnects += 1
         self.stats.outage_s_total += outage
-        log.info("database_recovered", outage_s=round(outage, 2), pending_rows=self._n_pending)
+        log.info("database_recovered", outage_s=round(outage, 2), pending_rows=self.pending_rows)
         if outage >= self.config.resync_after_outage_s:
             # Anything may have changed (an operator restore, a failover): re-read every guild.
             for server_id in self._source.server_ids():
-                if server_id not in self._ops:
-                    self._ops[server_id] = _Op("sync")
-                self._channel_syncs.add(server_id)
+                if server_id not in self._pending.ops:
+                    self._pending.ops[server_id] = GuildOp("sync")
+                self._pending.channel_syncs.add(server_id)
             self._wake.set()
 
     async def _failed(self, exc: Exception, conn: asyncpg.Connection | None) -> None:
@@ -510,7 +446,7 @@ class Writer:
                 "outage_s": round(now - started, 2),
                 "attempts": self._failures_in_a_row,
                 "retry_in_s": round(delay, 2),
-                "pending_rows": self._n_pending,
+                "pending_rows": self.pending_rows,
                 "url": redacted(self._url),
             }
             if isinstance(exc, (asyncpg.PostgresError, *TRANSIENT_ERRORS, asyncpg.InterfaceError)):
@@ -539,97 +475,39 @@ class Writer:
         return self._conn
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
-        """Take everything due, write it; on a transient error put back what was not written."""
-        ops, self._ops = self._ops, {}
-        reconcile, self._reconcile = self._reconcile, None
-        snapshots: dict[str, GuildSnapshot] = {}
-        for server_id, op in ops.items():
-            if op.kind == "sync":
-                # The snapshot is newer than every pending row of its guild.
-                dropped = self._pending.pop(server_id, None)
-                if dropped:
-                    self._n_pending -= len(dropped)
-                snapshot = self._source.snapshot(server_id)
-                if snapshot is not None:
-                    snapshots[server_id] = snapshot
-        channel_syncs, self._channel_syncs = self._channel_syncs, set()
-        batch = self._take_batch()
-        messages = self._take_messages()
-        done: set[str] = set()
+        """Take everything due, write it; on an error put back what was not written."""
+        taken = self._pending.take()
         try:
-            if reconcile is not None:
-                await self._apply_reconcile(conn, reconcile, ops)
-                reconcile = None
-            for server_id, op in ops.items():
-                await self._apply_op(conn, server_id, op, snapshots.get(server_id))
-                done.add(server_id)
-            channels = self._read_channels(channel_syncs)
-            if channel_syncs:
-                await self._write_channels(conn, channel_syncs, channels)
-                channel_syncs = set()
-            if batch:
-                await self._write_batch(conn, batch)
-                batch = []
-            if messages:
-                await self._write_messages(conn, messages)
-                messages = []
+            await self._write(conn, taken)
         except BaseException:
-            self._restore(ops, done, batch, messages, reconcile)
-            self._channel_syncs |= channel_syncs
+            self._pending.restore(taken)
+            self.stats.messages_dropped = self._pending.messages_dropped
             raise
 
-    def _take_batch(self) -> list[tuple[str, dict[str, _Entry]]]:
-        budget = self.config.batch_max_rows
-        taken: list[tuple[str, dict[str, _Entry]]] = []
-        for server_id in list(self._pending):
-            guild = self._pending[server_id]
-            if len(guild) <= budget:
-                del self._pending[server_id]
-                part = guild
-            else:
-                part = {user_id: guild.pop(user_id) for user_id in list(itertools.islice(guild, budget))}
-            taken.append((server_id, part))
-            budget -= len(part)
-            self._n_pending -= len(part)
-            if budget <= 0:
-                break
-        return taken
+    async def _write(self, conn: asyncpg.Connection, taken: Taken) -> None:
+        """Write ``taken`` in order, clearing each part once written (what is left is put back)."""
+        if taken.reconcile is not None:
+            await self._apply_reconcile(conn, taken.reconcile, taken.ops)
+            taken.reconcile = None
+        for server_id, op in taken.ops.items():
+            await self._apply_op(conn, server_id, op)
+            taken.done_ops.add(server_id)
+        if taken.channel_syncs:
+            channels = self._read_channels(taken.channel_syncs)
+            if taken.channel_syncs:
+                await store.write_channels(conn, taken.channel_syncs, channels)
+            taken.channel_syncs = set()
+        if taken.batch:
+            await self._write_batch(conn, taken.batch)
+            taken.batch = []
+        if taken.messages:
+            relayed = await store.relay_messages(conn, taken.messages)
+            if relayed is not None:
+                self.stats.messages_relayed += relayed
+                self.stats.messages_withheld += len(taken.messages) - relayed
+            taken.messages = []
 
-    def _take_messages(self) -> list[ChatLine]:
-        count = min(len(self._messages), self.config.batch_max_rows)
-        return [self._messages.popleft() for _ in range(count)]
-
-    def _restore(
-        self,
-        ops: dict[str, _Op],
-        done: set[str],
-        batch: list[tuple[str, dict[str, _Entry]]],
-        messages: list[ChatLine],
-        reconcile: set[str] | None,
-    ) -> None:
-        """Put unwritten work back, never over anything newer that arrived meanwhile."""
-        for server_id, op in ops.items():
-            if server_id not in done and server_id not in self._ops:
-                self._ops[server_id] = op
-        for server_id, part in batch:
-            guild = self._pending.get(server_id)
-            if guild is None:
-                guild = self._pending[server_id] = {}
-            for user_id, entry in part.items():
-                if user_id not in guild:
-                    guild[user_id] = entry
-                    self._n_pending += 1
-        self._messages.extendleft(reversed(messages))
-        while len(self._messages) > self.config.message_queue_max:
-            self._messages.popleft()
-            self.stats.messages_dropped += 1
-        if reconcile is not None and self._reconcile is None:
-            self._reconcile = reconcile
-
-    # --- statements -----------------------------------------------------------------------------------
-    async def _write_batch(
-        self, conn: asyncpg.Connection, batch: list[tuple[str, dict[str, _Entry]]]
-    ) -> None:
+    async def _write_batch(self, conn: asyncpg.Connection, batch: Batch) -> None:
         upserts: list[MemberRow] = []
         deletes: list[tuple[str, str]] = []
         stamps: list[float] = []
@@ -641,12 +519,7 @@ class Writer:
                     upserts.append(row)
                 stamps.append(stamp)
         started = time.monotonic()
-        try:
-            await conn.execute(queries.WRITE_MEMBERS, *_columns(upserts, 5), *_columns(deletes, 2))
-        except ROW_ERRORS as exc:
-            # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
-            log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(stamps))
-            await self._write_one_by_one(conn, upserts, deletes)
+        self.stats.rows_rejected += await store.write_members(conn, upserts, deletes)
         finished = time.monotonic()
         self.stats.batches += 1
         self.stats.rows_committed += len(stamps)
@@ -655,23 +528,6 @@ class Writer:
         self.stats.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS_S, finished - started)] += 1
         self.stats.commit_seconds_sum += finished - started
         self.stats.event_latency.extend(finished - stamp for stamp in stamps)
-
-    async def _write_one_by_one(
-        self, conn: asyncpg.Connection, upserts: list[MemberRow], deletes: list[tuple[str, str]]
-    ) -> None:
-        items: list[tuple[list[MemberRow], list[tuple[str, str]]]] = [([row], []) for row in upserts]
-        items += [([], [pair]) for pair in deletes]
-        for rows, pairs in items:
-            try:
-                await conn.execute(queries.WRITE_MEMBERS, *_columns(rows, 5), *_columns(pairs, 2))
-            except ROW_ERRORS as exc:
-                self.stats.rows_rejected += 1
-                log.error(
-                    "row_rejected",
-                    row=rows[0] if rows else None,
-                    delete=pairs[0] if pairs else None,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
 
     def _read_channels(self, server_ids: set[str]) -> list[ChannelRow]:
         """The channel rows of these guilds from the source; a guild no longer seen keeps its rows."""
@@ -684,38 +540,11 @@ class Writer:
                 rows.extend(found)
         return rows
 
-    async def _write_channels(
-        self, conn: asyncpg.Connection, server_ids: set[str], rows: list[ChannelRow]
-    ) -> None:
-        """Make the channel rows of these guilds equal ``rows`` in one statement (``relay`` untouched)."""
-        try:
-            await conn.execute(queries.WRITE_CHANNELS, *_columns(rows, 4), sorted(server_ids))
-        except ROW_ERRORS as exc:
-            # Fail closed: the stored rows may be stale, so no chat of these guilds is relayed (unless an
-            # operator set relay) until a later channel event writes them again.
-            log.error(
-                "channels_rejected",
-                server_ids=sorted(server_ids),
-                channels=len(rows),
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await conn.execute(queries.CHANNELS_CLOSE, sorted(server_ids))
-
-    async def _write_messages(self, conn: asyncpg.Connection, messages: list[ChatLine]) -> None:
-        try:
-            status = await conn.execute(queries.RELAY_MESSAGES, *_columns(messages, 5))
-        except ROW_ERRORS as exc:
-            log.error("messages_rejected", error=f"{type(exc).__name__}: {exc}", messages=len(messages))
-            return
-        relayed = int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
-        self.stats.messages_relayed += relayed
-        self.stats.messages_withheld += len(messages) - relayed
-
-    async def _apply_op(
-        self, conn: asyncpg.Connection, server_id: str, op: _Op, snapshot: GuildSnapshot | None
-    ) -> None:
+    async def _apply_op(self, conn: asyncpg.Connection, server_id: str, op: GuildOp) -> None:
         try:
             if op.kind == "sync":
+                # Read now, one guild at a time: only one guild's rows exist as a list at once.
+                snapshot = self._source.snapshot(server_id)
                 if snapshot is None:
                     log.info("full_sync_skipped_guild_gone", server_id=server_id)
                     return
@@ -723,7 +552,7 @@ class Writer:
             elif op.kind == "depart":
                 await self._depart(conn, server_id)
             elif op.kind == "rename":
-                await conn.execute(queries.SERVER_RENAME, server_id, op.name)
+                await store.rename(conn, server_id, op.name)
         except ROW_ERRORS as exc:
             log.error(
                 "guild_write_rejected", server_id=server_id, op=op.kind, error=f"{type(exc).__name__}: {exc}"
@@ -732,56 +561,32 @@ class Writer:
     async def _full_sync(self, conn: asyncpg.Connection, server_id: str, snapshot: GuildSnapshot) -> None:
         """Make the guild's rows equal the snapshot in one transaction, announcing only real changes."""
         started = time.monotonic()
-        async with conn.transaction():
-            await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(snapshot.name, server_id))
-            await conn.execute(queries.SYNC_CREATE_TEMP)
-            await conn.copy_records_to_table(
-                queries.SYNC_TEMP_TABLE,
-                records=[row[1:] for row in snapshot.rows],
-                columns=("user_id", "username", "status", "role_color"),
-            )
-            await conn.execute(f"ANALYZE {queries.SYNC_TEMP_TABLE}")
-            changes = int(await conn.fetchval(queries.SYNC_COUNT_CHANGES, server_id))
-            bulk = changes >= self.config.bulk_threshold
-            if changes:
-                if bulk:
-                    await conn.execute(queries.BULK_MODE)
-                await conn.execute(queries.SYNC_UPSERT, server_id)
-                await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
-                if bulk:
-                    await conn.execute(queries.NOTIFY_RESYNC, server_id)
-                    self.stats.resyncs += 1
+        result = await store.full_sync(
+            conn, server_id, snapshot.name, snapshot.rows, self.config.bulk_threshold
+        )
         self.stats.full_syncs += 1
+        self.stats.resyncs += result.bulk
         log.info(
             "full_sync",
             server_id=server_id,
             members=len(snapshot.rows),
-            changes=changes,
-            bulk=bulk,
+            changes=result.changes,
+            bulk=result.bulk,
             seconds=round(time.monotonic() - started, 3),
         )
 
-    async def _depart(self, conn: asyncpg.Connection, server_id: str) -> None:
-        async with conn.transaction():
-            await conn.execute(queries.SERVER_DEPART, server_id)
-            members = int(await conn.fetchval(queries.COUNT_SERVER_USERS, server_id))
-            bulk = members >= self.config.bulk_threshold
-            if bulk:
-                await conn.execute(queries.BULK_MODE)
-            await conn.execute(queries.USERS_DELETE_SERVER, server_id)
-            if bulk:
-                await conn.execute(queries.NOTIFY_RESYNC, server_id)
-                self.stats.resyncs += 1
-        log.info("guild_departed", server_id=server_id, members_deleted=members)
-
     async def _apply_reconcile(
-        self, conn: asyncpg.Connection, present: set[str], ops: dict[str, _Op]
+        self, conn: asyncpg.Connection, present: set[str], ops: dict[str, GuildOp]
     ) -> None:
-        for record in await conn.fetch(queries.SERVERS_PRESENT):
-            server_id = record["server_id"]
+        for server_id in await store.present_servers(conn):
             if server_id not in present and server_id not in ops and self._source.owns(server_id):
                 log.info("guild_gone_while_away", server_id=server_id)
                 await self._depart(conn, server_id)
+
+    async def _depart(self, conn: asyncpg.Connection, server_id: str) -> None:
+        result = await store.depart(conn, server_id, self.config.bulk_threshold)
+        self.stats.resyncs += result.bulk
+        log.info("guild_departed", server_id=server_id, members_deleted=result.changes)
 
     async def _log_rates(self) -> None:
         previous = (time.monotonic(), 0, 0, 0)
@@ -800,17 +605,10 @@ class Writer:
                 avg_batch=round((stats.rows_committed - previous[2]) / batches, 1) if batches else 0,
                 commit_ms_p50=round(percentile(recent_commits, 0.5) * 1000, 2),
                 commit_ms_p99=round(percentile(recent_commits, 0.99) * 1000, 2),
-                pending_rows=self._n_pending,
-                pending_messages=len(self._messages),
+                pending_rows=self.pending_rows,
+                pending_messages=self.pending_messages,
             )
             previous = (now, stats.events, stats.rows_committed, stats.batches)
-
-
-def _columns(rows: list[Any], width: int) -> list[list[str]]:
-    """Tuples -> ``width`` parallel lists, the shape ``unnest($1::text[], ...)`` takes."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _describe(exc: BaseException) -> str:

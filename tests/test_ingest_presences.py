@@ -1,9 +1,8 @@
-"""HeldPresences, the logic that keeps presences discord.py cannot place yet (plain objects stand in)."""
+"""HeldPresences, the logic that keeps presences the member table cannot place yet (plain objects stand in)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 import discord
 
@@ -15,8 +14,7 @@ from ingest.presences import HeldPresences
 class FakeMember:
     id: int
     guild: FakeGuild
-    client_status: Any = None
-    activities: Any = ()
+    status: str | None = None
 
 
 @dataclass(eq=False)
@@ -33,16 +31,8 @@ class FakeGuild:
         return member
 
 
-@dataclass
-class FakeRaw:
-    guild: FakeGuild | None
-    user_id: int
-    client_status: str
-    activities: tuple[str, ...] = ()
-
-
 def observe(held: HeldPresences, guild: FakeGuild | None, user_id: int, status: str) -> None:
-    held.observe(cast(discord.RawPresenceUpdateEvent, FakeRaw(guild, user_id, status)))
+    held.observe(guild, user_id, status)
 
 
 def test_a_presence_for_an_unknown_member_is_applied_once_it_is_chunked() -> None:
@@ -51,11 +41,11 @@ def test_a_presence_for_an_unknown_member_is_applied_once_it_is_chunked() -> Non
     observe(held, guild, 10, "online")  # the newest wins
     observe(held, guild, 11, "idle")
     ten = guild.add(10)  # a chunk brought member 10 only
-    assert held.apply_guild(cast(discord.Guild, guild)) == 1
-    assert ten.client_status == "online" and held.held == 1
+    assert held.apply_guild(guild) == 1
+    assert ten.status == "online" and held.held == 1
     eleven = guild.add(11)
-    held.apply_guild(cast(discord.Guild, guild))
-    assert eleven.client_status == "idle" and held.held == 0
+    held.apply_guild(guild)
+    assert eleven.status == "idle" and held.held == 0
     assert held.counts() == {"held": 0, "kept": 3, "applied": 2, "superseded": 1, "dropped": {}}
 
 
@@ -64,15 +54,15 @@ def test_a_presence_once_the_member_is_known_replaces_the_kept_one() -> None:
     observe(held, guild, 10, "online")
     member = guild.add(10)
     observe(held, guild, 10, "dnd")  # discord.py applies this one itself
-    assert held.apply_guild(cast(discord.Guild, guild)) == 0 and member.client_status is None
+    assert held.apply_guild(guild) == 0 and member.status is None
 
 
 def test_join_applies_the_presence_that_came_first() -> None:
     held, guild = HeldPresences(), FakeGuild(1)
     observe(held, guild, 10, "idle")
     member = guild.add(10)
-    assert held.apply_member(cast(discord.Member, member)) and member.client_status == "idle"
-    assert not held.apply_member(cast(discord.Member, member))
+    assert held.apply_member(guild, member.id) and member.status == "idle"
+    assert not held.apply_member(guild, member.id)
 
 
 def test_a_new_guild_object_supersedes_what_was_kept_for_the_old_one() -> None:
@@ -80,7 +70,7 @@ def test_a_new_guild_object_supersedes_what_was_kept_for_the_old_one() -> None:
     observe(held, old, 10, "online")
     new = FakeGuild(1)  # a re-IDENTIFY: GUILD_CREATE brings fresher state than the kept presence
     member = new.add(10)
-    assert held.apply_guild(cast(discord.Guild, new)) == 0 and member.client_status is None
+    assert held.apply_guild(new) == 0 and member.status is None
     assert held.superseded == 1 and held.held == 0
 
 

@@ -1,0 +1,173 @@
+"""The writer's statements against PostgreSQL, one function per kind of work (SQL text in ingest.queries).
+
+Each function runs on the connection it is given and returns what it did; retries, batching and the
+pending state are the writer's (ingest.writer, ingest.pending). A row the schema refuses never sinks its
+neighbours: it is logged and counted, the rest written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import asyncpg
+import structlog
+
+from ingest import queries
+from ingest.channels import ChannelRow
+from ingest.mapping import MemberRow, server_name
+from ingest.pending import ChatLine
+
+log = structlog.get_logger(__name__)
+
+# The server refused one row's data: that row is dropped (logged, counted), its neighbours written.
+ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+
+
+class SyncResult(NamedTuple):
+    changes: int
+    bulk: bool
+
+
+def columns(rows: Sequence[Any], width: int) -> list[list[str]]:
+    """Tuples -> ``width`` parallel lists, the shape ``unnest($1::text[], ...)`` takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def write_members(
+    conn: asyncpg.Connection, upserts: list[MemberRow], deletes: list[tuple[str, str]]
+) -> int:
+    """Upsert and delete member rows in one statement; returns how many rows the schema refused."""
+    try:
+        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 5), *columns(deletes, 2))
+    except ROW_ERRORS as exc:
+        # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
+        log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(upserts) + len(deletes))
+        return await _write_one_by_one(conn, upserts, deletes)
+    return 0
+
+
+async def _write_one_by_one(
+    conn: asyncpg.Connection, upserts: list[MemberRow], deletes: list[tuple[str, str]]
+) -> int:
+    rejected = 0
+    items: list[tuple[list[MemberRow], list[tuple[str, str]]]] = [([row], []) for row in upserts]
+    items += [([], [pair]) for pair in deletes]
+    for rows, pairs in items:
+        try:
+            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 5), *columns(pairs, 2))
+        except ROW_ERRORS as exc:
+            rejected += 1
+            log.error(
+                "row_rejected",
+                row=rows[0] if rows else None,
+                delete=pairs[0] if pairs else None,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+    return rejected
+
+
+async def write_channels(conn: asyncpg.Connection, server_ids: set[str], rows: list[ChannelRow]) -> None:
+    """Make the channel rows of these guilds equal ``rows`` in one statement (``relay`` untouched)."""
+    try:
+        await conn.execute(queries.WRITE_CHANNELS, *columns(rows, 4), sorted(server_ids))
+    except ROW_ERRORS as exc:
+        # Fail closed: the stored rows may be stale, so no chat of these guilds is relayed (unless an
+        # operator set relay) until a later channel event writes them again.
+        log.error(
+            "channels_rejected",
+            server_ids=sorted(server_ids),
+            channels=len(rows),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        await conn.execute(queries.CHANNELS_CLOSE, sorted(server_ids))
+
+
+async def relay_messages(conn: asyncpg.Connection, messages: list[ChatLine]) -> int | None:
+    """Announce the chat lines the relay rule lets through; how many it did (None: refused)."""
+    try:
+        status = await conn.execute(queries.RELAY_MESSAGES, *columns(messages, 5))
+    except ROW_ERRORS as exc:
+        log.error("messages_rejected", error=f"{type(exc).__name__}: {exc}", messages=len(messages))
+        return None
+    return int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
+
+
+async def full_sync(
+    conn: asyncpg.Connection, server_id: str, name: str, rows: Iterable[MemberRow], bulk_threshold: int
+) -> SyncResult:
+    """Make the guild's rows equal ``rows`` in one transaction, announcing only real changes."""
+    async with conn.transaction():
+        await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(name, server_id))
+        await conn.execute(queries.SYNC_CREATE_TEMP)
+        await conn.copy_records_to_table(
+            queries.SYNC_TEMP_TABLE,
+            records=(row[1:] for row in rows),
+            columns=("user_id", "username", "status", "role_color"),
+        )
+        await conn.execute(f"ANALYZE {queries.SYNC_TEMP_TABLE}")
+        changed = int((await conn.execute(queries.SYNC_CREATE_CHANGED, server_id)).rsplit(" ", 1)[-1])
+        departed = int(await conn.fetchval(queries.SYNC_COUNT_DEPARTED, server_id))
+        changes = changed + departed
+        bulk = changes >= bulk_threshold
+        if bulk:
+            await conn.execute(queries.BULK_MODE)
+        if changed:
+            await conn.execute(queries.SYNC_UPSERT, server_id)
+        if departed:
+            await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
+        if bulk:
+            await conn.execute(queries.NOTIFY_RESYNC, server_id)
+    return SyncResult(changes, bulk)
+
+
+async def depart(conn: asyncpg.Connection, server_id: str, bulk_threshold: int) -> SyncResult:
+    """Mark the server departed and delete its members (one resync instead of row events when many)."""
+    async with conn.transaction():
+        await conn.execute(queries.SERVER_DEPART, server_id)
+        members = int(await conn.fetchval(queries.COUNT_SERVER_USERS, server_id))
+        bulk = members >= bulk_threshold
+        if bulk:
+            await conn.execute(queries.BULK_MODE)
+        await conn.execute(queries.USERS_DELETE_SERVER, server_id)
+        if bulk:
+            await conn.execute(queries.NOTIFY_RESYNC, server_id)
+    return SyncResult(members, bulk)
+
+
+async def rename(conn: asyncpg.Connection, server_id: str, name: str) -> None:
+    await conn.execute(queries.SERVER_RENAME, server_id, name)
+
+
+async def present_servers(conn: asyncpg.Connection) -> list[str]:
+    """Servers the database believes the bot is in."""
+    return [record["server_id"] for record in await conn.fetch(queries.SERVERS_PRESENT)]
+
+
+async def heartbeat(
+    conn: asyncpg.Connection,
+    instance: str,
+    shard_count: int | None,
+    pending_rows: int,
+    started_at: datetime,
+    shards: list[tuple[int, str, float | None]],
+) -> None:
+    """Refresh this process's row per shard in ingest_heartbeat."""
+    ids, states, latencies = (
+        (list(column) for column in zip(*shards, strict=True)) if shards else ([], [], [])
+    )
+    await conn.execute(
+        queries.HEARTBEAT, instance, shard_count, pending_rows, started_at, ids, states, latencies
+    )
+
+
+async def probe(conn: asyncpg.Connection) -> None:
+    """The server answers and takes writes (a standby after a failover does not)."""
+    if await conn.fetchval(queries.PROBE_READ_ONLY):
+        raise asyncpg.ReadOnlySQLTransactionError("the database is in recovery (read-only)")
