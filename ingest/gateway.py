@@ -18,6 +18,9 @@ missed events instead, so it needs no sync.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +29,7 @@ import discord
 import structlog
 
 from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
+from ingest.chunks import ChunkProgress, members_complete
 from ingest.mapping import RoleView
 from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
 from ingest.presences import HeldPresences
@@ -52,6 +56,10 @@ def shard_of(server_id: int, shard_count: int) -> int:
 
 
 # The parsers of discord.py's table that are replaced by ours (the originals of some still run after).
+# How long to wait for the answer to a repeated member request before asking again (doubling).
+MEMBER_REQUEST_WAIT_S = 5.0
+MEMBER_REQUEST_WAIT_MAX_S = 60.0
+
 LEAN_PARSERS = (
     "READY",
     "GUILD_CREATE",
@@ -106,6 +114,10 @@ class IngestClient(discord.AutoShardedClient):
         self.members: dict[int, GuildMembers] = {}  # guild id -> its member table
         self.event_counts: Counter[str] = Counter()  # dispatched events by name, for /metrics
         self.shard_states: dict[int, str] = {}  # shard -> "connected" | "ready" | "disconnected"
+        self.chunk_progress = ChunkProgress()
+        self._member_requests: dict[int, asyncio.Task[None]] = {}  # guilds whose members are asked again
+        self._members_arrived: dict[int, asyncio.Event] = {}
+        self._closing: asyncio.Task[None] | None = None
         self._ingest_handlers: dict[str, Callable[..., None]] = {
             "guild_available": self._on_guild_available,
             "guild_join": self._on_guild_available,
@@ -222,9 +234,14 @@ class IngestClient(discord.AutoShardedClient):
             table.add_chunk(data.get("members") or [], statuses)
             if self.held_presences.holds(guild_id):
                 self.held_presences.apply_guild(table)
-        complete = data.get("chunk_index", 0) + 1 == data.get("chunk_count")
+        index, count = data.get("chunk_index", 0), data.get("chunk_count", 1)
+        answered = self.chunk_progress.received(guild_id, data.get("nonce"), index, count)
+        if answered and guild_id in self._members_arrived:
+            self._members_arrived.pop(guild_id).set()
+            log.info("guild_members_complete", server_id=guild_id, members=len(table or ()))
+            self.writer.sync_guild(str(guild_id))
         # discord.py's ready logic waits on its chunk request: complete it (with no Member objects).
-        self._connection.process_chunk_requests(guild_id, data.get("nonce"), [], complete)
+        self._connection.process_chunk_requests(guild_id, data.get("nonce"), [], index + 1 == count)
 
     def _parse_presence_update(self, data: dict[str, Any]) -> None:
         # Only the status can change our row; activities and client statuses are never looked at.
@@ -283,6 +300,63 @@ class IngestClient(discord.AutoShardedClient):
     def _drop_table(self, guild_id: int) -> None:
         if self.members.pop(guild_id, None) is not None:
             self.held_presences.forget_guild(guild_id, superseded=True)
+        self._forget_member_download(guild_id)
+
+    def _forget_member_download(self, guild_id: int) -> None:
+        """The guild's members will be downloaded anew (new GUILD_CREATE) or are not ours any more."""
+        self.chunk_progress.reset(guild_id)
+        self._members_arrived.pop(guild_id, None)
+        request = self._member_requests.pop(guild_id, None)
+        if request is not None:
+            request.cancel()
+
+    # --- members asked again: a full sync of a partial table would delete members ---------------------
+    def _ask_members_again(self, guild: discord.Guild) -> None:
+        if guild.id in self._member_requests:
+            return
+        self._members_arrived[guild.id] = asyncio.Event()
+        task = asyncio.create_task(self._request_members(guild.id), name=f"member-request-{guild.id}")
+        self._member_requests[guild.id] = task
+        task.add_done_callback(functools.partial(self._member_request_ended, guild.id))
+
+    async def _request_members(self, guild_id: int) -> None:
+        """REQUEST_GUILD_MEMBERS until one answer arrives whole; the chunk parser then syncs the guild."""
+        arrived = self._members_arrived[guild_id]
+        wait_s = MEMBER_REQUEST_WAIT_S
+        for attempt in itertools.count(1):
+            ws = self._get_websocket(guild_id)
+            try:
+                await ws.request_chunks(
+                    guild_id,
+                    "",
+                    limit=0,
+                    presences=self.intents.presences,
+                    nonce=f"dzone-{guild_id}-{attempt}",
+                )
+            except (discord.ConnectionClosed, OSError) as exc:  # the shard is reconnecting
+                log.warning("member_request_not_sent", server_id=guild_id, attempt=attempt, error=repr(exc))
+            try:
+                await asyncio.wait_for(arrived.wait(), wait_s)
+            except TimeoutError:
+                log.warning("member_request_unanswered", server_id=guild_id, attempt=attempt, waited_s=wait_s)
+                wait_s = min(wait_s * 2, MEMBER_REQUEST_WAIT_MAX_S)
+                continue
+            return
+
+    def _member_request_ended(self, guild_id: int, task: asyncio.Task[None]) -> None:
+        if self._member_requests.get(guild_id) is task:
+            del self._member_requests[guild_id]
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug: without the members this guild would never sync again. End the client loudly (the
+        # worker exits non-zero and a supervisor restarts it, which downloads every guild anew).
+        log.error("member_request_failed", task=task.get_name(), exc_info=task.exception())
+        self._closing = asyncio.create_task(self.close(), name="close-after-member-request-failed")
+
+    async def close(self) -> None:
+        for request in self._member_requests.values():
+            request.cancel()
+        await super().close()
 
     # --- handlers: each computes rows and hands them over, nothing else ------------------------------
     def _put(self, table: GuildMembers, user_id: int | str, member: LeanMember) -> None:
@@ -291,12 +365,23 @@ class IngestClient(discord.AutoShardedClient):
         self.writer.put(table.row(user_id, member))
 
     def _on_guild_available(self, guild: discord.Guild) -> None:
+        table = self.members.get(guild.id)
+        cached = len(table) if table is not None else 0
         log.info("guild_available", server_id=guild.id, members=guild.member_count, shard=guild.shard_id)
-        self.writer.sync_guild(str(guild.id))
+        if members_complete(self.chunk_progress, guild.id, cached, guild.member_count):
+            self.writer.sync_guild(str(guild.id))
+            return
+        # discord.py stopped waiting for a chunk that never came: its rows stay as they are (a sync of
+        # this partial table would delete the missing members) until the members are asked again.
+        log.warning(
+            "guild_members_incomplete", server_id=guild.id, cached=cached, expected=guild.member_count
+        )
+        self._ask_members_again(guild)
 
     def _on_guild_remove(self, guild: discord.Guild) -> None:
         log.info("guild_removed", server_id=guild.id)
         self.members.pop(guild.id, None)
+        self._forget_member_download(guild.id)
         self.held_presences.forget_guild(guild.id)
         self.writer.depart_guild(str(guild.id))
 

@@ -210,21 +210,11 @@ FAULTS = [
     Fault("black-hole", black_hole),
     Fault("heartbeat-interval", heartbeat_interval_change),
     Fault("bot-added", bot_added),
-    Fault(
-        "guild-outage",
-        guild_outage,
-        known_bug="after an outage discord.py keeps its old member cache: members who left or went offline "
-        "meanwhile are not in a large guild's GUILD_CREATE, so the full sync writes them stale",
-    ),
+    Fault("guild-outage", guild_outage),
     Fault("session-expiry", session_expiry),
     Fault("rest-errors-at-login", rest_errors_at_login, CONVERGE_BUDGET_AFTER_RESTART_S),
     Fault("slow-chunks", slow_chunks),
-    Fault(
-        "lost-chunk",
-        lost_chunk,
-        known_bug="discord.py gives up on a missing chunk after 5 s and dispatches guild_available with a "
-        "partial member cache; the full sync then deletes every member it lacks",
-    ),
+    Fault("lost-chunk", lost_chunk),
     Fault("close-4000", close_4000),
     Fault("close-4009", close_4009),
     Fault("dispatches-delayed", dispatches_delayed),
