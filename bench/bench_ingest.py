@@ -48,7 +48,7 @@ UNBOUNDED = 10_000_000.0
 
 def start_simulator(members: int, rate: float) -> tuple[subprocess.Popen[str], str, str]:
     command = [
-        sys.executable, "-m", "shared", "simulate", "--port", "0", "--guild-sizes", str(members),
+        sys.executable, "-m", "dzone", "simulate", "--port", "0", "--guild-sizes", str(members),
         "--presence-rate", str(rate or UNBOUNDED), "--message-rate", "0", "--churn", "0", "--paused",
         "--log-level", "warning",
     ]  # fmt: skip
@@ -83,7 +83,7 @@ def database() -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    from shared.localdb import LocalPostgres
+    from dzone.localdb import LocalPostgres
 
     with LocalPostgres() as local:
         if local.pid is not None:

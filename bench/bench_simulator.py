@@ -33,7 +33,7 @@ def start_simulator(members: int) -> tuple[subprocess.Popen[str], str, str]:
     command = [
         sys.executable,
         "-m",
-        "shared",
+        "dzone",
         "simulate",
         "--port",
         "0",

@@ -57,8 +57,8 @@ sys.path.insert(0, str(BENCH))
 from compare_client import worker_main  # noqa: E402
 from compare_control import ControlClient, ControlError  # noqa: E402
 
+from dzone.localdb import LocalPostgres  # noqa: E402
 from shared.db import migrate  # noqa: E402
-from shared.localdb import LocalPostgres  # noqa: E402
 
 DBACK_VERSION = "0.0.18"
 DEFAULT_VENV = BENCH / ".dback-venv"

@@ -166,7 +166,7 @@ async def test_a_worker_task_that_ends_stops_the_worker_loudly(database_url: str
 
 
 async def test_status_shows_each_shard_of_a_running_ingest(database_url: str) -> None:
-    from shared.status import read_status, render
+    from dzone.status import read_status, render
 
     async with (
         Simulator(SimConfig(guilds=4, members=10, seed=15, recommended_shards=2)) as sim,

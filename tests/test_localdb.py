@@ -16,13 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.localdb import LocalPostgres, find_bindir
+from dzone.localdb import LocalPostgres, find_bindir
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
 import json, subprocess, sys, time
-from shared.localdb import LocalPostgres
+from dzone.localdb import LocalPostgres
 started = time.monotonic()
 server = LocalPostgres().start()
 ready_s = time.monotonic() - started
@@ -84,10 +84,10 @@ def test_launcher_as_unprivileged_user_leaves_nothing_behind() -> None:
     # the launcher, which is self-contained, in a folder of its own.
     copy = Path(tempfile.mkdtemp(prefix="dzone-launcher-"))
     try:
-        (copy / "shared").mkdir()
+        (copy / "dzone").mkdir()
         for name in ("__init__.py", "localdb.py"):
-            shutil.copy(PROJECT / "shared" / name, copy / "shared" / name)
-        for folder in (copy, copy / "shared"):
+            shutil.copy(PROJECT / "dzone" / name, copy / "dzone" / name)
+        for folder in (copy, copy / "dzone"):
             folder.chmod(0o755)
         report = _run_launcher(usable[0], copy, **as_user)
     finally:

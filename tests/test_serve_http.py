@@ -165,9 +165,9 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
 def test_cli_serves_and_exits_0_on_sigterm(database_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info", "DZONE_DRAIN_S": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--port", "0"]
+        [sys.executable, "-m", "dzone.cli", "serve", "--port", "0"]
         if False
-        else [sys.executable, "-c", "from shared.cli import main; main()", "serve", "--port", "0"],
+        else [sys.executable, "-c", "from dzone.cli import main; main()", "serve", "--port", "0"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -30,8 +30,8 @@ import asyncpg
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from dzone.localdb import LocalDBError, LocalPostgres
 from shared.db import migrate, redacted
-from shared.localdb import LocalDBError, LocalPostgres
 from shared.settings import ConfigError, DatabaseSettings, load
 
 # The simulator accepts only this token, and the demo's ingest presents it: a fixed, public, fake value.
@@ -73,11 +73,11 @@ class Demo:
     database: LocalPostgres | None = None
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
-        """Start ``python -m shared ARGS`` in its own session (Ctrl-C reaches us only; we stop it)."""
+        """Start ``python -m dzone ARGS`` in its own session (Ctrl-C reaches us only; we stop it)."""
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "shared", *args],
+                [sys.executable, "-m", "dzone", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
