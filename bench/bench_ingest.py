@@ -111,7 +111,7 @@ def count_presence_parses(client: discord.Client, counter: list[int]) -> None:
 
 async def run_bare(api_base: str, gateway_url: str, seconds: float, warmup: float) -> dict[str, float]:
     from ingest.gateway import ingest_intents
-    from ingest.worker import point_discord_py
+    from shared.discord_rules import point_discord_py
 
     point_discord_py(api_base, gateway_url)
     client = discord.Client(intents=ingest_intents(False), guild_ready_timeout=0.1, max_messages=None)

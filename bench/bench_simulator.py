@@ -90,9 +90,9 @@ async def bench_discord_py(
 ) -> dict[str, float]:
     import discord
 
-    from simulator.discordpy import point_discord_py_at
+    from shared.discord_rules import point_discord_py
 
-    point_discord_py_at(api_base, gateway_url)
+    point_discord_py(api_base, gateway_url)
     intents = discord.Intents.default()
     intents.members = True
     intents.presences = True

@@ -23,6 +23,7 @@ from ingest.channels import ChannelRow, channel_rows, readable_message, relay_ch
 from ingest.mapping import member_row
 from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
+from shared.discord_rules import shard_of
 
 log = structlog.get_logger(__name__)
 
@@ -37,11 +38,6 @@ def ingest_intents(relay_messages: bool) -> discord.Intents:
         intents.guild_messages = True
         intents.message_content = True
     return intents
-
-
-def shard_of(server_id: int, shard_count: int) -> int:
-    """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
-    return (server_id >> 22) % shard_count
 
 
 class IngestClient(discord.AutoShardedClient):

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from shared.discord_rules import DEFAULT_ROLE_COLOR
+
 if TYPE_CHECKING:
     import discord
 
-DEFAULT_ROLE_COLOR = "#99aab5"
 USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
 SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
 # Discord's "invisible" is what the member sets; everyone else (and we) see "offline".

@@ -37,6 +37,7 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, clean_text, server_name
 from shared.db import redacted
 from shared.feed import MESSAGE_MAX_CHARS
+from shared.settings import IngestSettings, default_of
 
 log = structlog.get_logger(__name__)
 
@@ -118,16 +119,16 @@ class ChatLine(NamedTuple):
 class WriterConfig:
     """Batching, retry and bound settings of the writer."""
 
-    batch_max_rows: int = 2000
-    batch_max_delay_s: float = 0.005
-    bulk_threshold: int = 500  # a full sync changing at least this many rows announces one resync
-    resync_after_outage_s: float = 30.0
-    message_queue_max: int = 10_000
+    batch_max_rows: int = default_of(IngestSettings, "batch_max_rows")
+    batch_max_delay_s: float = default_of(IngestSettings, "batch_max_delay_ms") / 1000
+    bulk_threshold: int = default_of(IngestSettings, "bulk_threshold")  # a sync this big announces a resync
+    resync_after_outage_s: float = default_of(IngestSettings, "resync_after_outage_s")
+    message_queue_max: int = default_of(IngestSettings, "message_queue_max")
     connect_timeout_s: float = 5.0
     command_timeout_s: float = 60.0
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 2.0  # also the longest wait before a recovered database is used again
-    stats_interval_s: float = 10.0
+    stats_interval_s: float = default_of(IngestSettings, "stats_interval_s")
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
     heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)

@@ -15,11 +15,11 @@ import structlog
 
 from serve import queries
 from serve.world import Member, ServerInfo, database_order
+from shared.discord_rules import DEFAULT_ROLE_COLOR
 from shared.feed import ServerChanged
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ROLE_COLOR = "#99AAB5"  # the guide's default grey
 DEFAULT_USERNAME = "Unknown"
 DEFAULT_STATUS = "offline"
 

@@ -21,6 +21,7 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from shared.discord_rules import shard_of
 from simulator.config import SimConfig
 from simulator.world import World, guild_create_payload, member_payload, presence_payload, user_payload
 
@@ -74,11 +75,6 @@ class Close(IntEnum):
     INVALID_API_VERSION = 4012
     INVALID_INTENTS = 4013
     DISALLOWED_INTENTS = 4014
-
-
-def shard_of(guild_id: int, shard_count: int) -> int:
-    """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
-    return (guild_id >> 22) % shard_count
 
 
 def ws_frame_header(opcode: int, length: int) -> bytes:

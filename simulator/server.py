@@ -15,9 +15,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from shared.discord_rules import point_discord_py
 from simulator.config import SimConfig
 from simulator.control import ControlApi
-from simulator.discordpy import point_discord_py_at
 from simulator.scenario import (
     MemberJoin,
     MemberLeave,
@@ -74,7 +74,7 @@ class Simulator(Steering):
 
     def point_discord_py(self) -> None:
         """Point this process's discord.py at this simulator (process-wide class attributes)."""
-        point_discord_py_at(self.api_base, self.gateway_url)
+        point_discord_py(self.api_base, self.gateway_url)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
