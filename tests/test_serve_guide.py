@@ -406,7 +406,7 @@ async def test_provider_output_is_validated_with_the_guides_defaults(caplog, cap
             "4": {"uid": "4", "username": "full", "status": "idle", "roleColor": "#abcdef"},
         }
         # the guide fills in "#99AAB5": the same CSS colour, written in the project's one (lowercase) form
-        assert DEFAULT_ROLE_COLOR == "#99AAB5".lower()
+        assert "#99AAB5".lower() == DEFAULT_ROLE_COLOR
     logged = caplog.text + "".join(capsys.readouterr())
     assert "provider_entries_dropped" in logged and "hunter2" not in logged
 
