@@ -25,8 +25,6 @@ import cProfile
 import io
 import os
 import pstats
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +34,7 @@ import aiohttp
 import asyncpg
 import discord
 import psutil
+from simulator_process import start_simulator
 
 from ingest.worker import IngestWorker
 from ingest.writer import percentile
@@ -43,22 +42,6 @@ from shared.db import migrate
 from shared.settings import IngestSettings, load
 
 SIM_TOKEN = "bench-token"
-UNBOUNDED = 10_000_000.0
-
-
-def start_simulator(members: int, rate: float) -> tuple[subprocess.Popen[str], str, str]:
-    command = [
-        sys.executable, "-m", "dzone", "simulate", "--port", "0", "--guild-sizes", str(members),
-        "--presence-rate", str(rate or UNBOUNDED), "--message-rate", "0", "--churn", "0", "--paused",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert process.stdout is not None
-    api_base = process.stdout.readline().strip().split("=", 1)[1]
-    gateway_url = process.stdout.readline().strip().split("=", 1)[1]
-    return process, api_base, gateway_url
 
 
 PG_PIDS: list[int] = []  # the embedded server's postmaster, when we started one (for its CPU figure)
