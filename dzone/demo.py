@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dzone.localdb import LocalDBError, LocalPostgres
 from shared.db import migrate, redacted
+from shared.errors import DzoneError
 from shared.settings import ConfigError, DatabaseSettings, load
 
 # The simulator accepts only this token, and the demo's ingest presents it: a fixed, public, fake value.
@@ -41,11 +42,11 @@ STOP_GRACE_S = 10.0  # per child, after SIGTERM, before SIGKILL
 LOG_TAIL_CHARS = 3000
 
 
-class DemoError(Exception):
+class DemoError(DzoneError):
     """A part of the demo failed to start or stopped on its own; the message says which and why."""
 
 
-class Interrupted(Exception):
+class Interrupted(DzoneError):
     """Ctrl-C or SIGTERM arrived while starting."""
 
 

@@ -17,12 +17,13 @@ from ingest.health import HealthServer, shard_heartbeat
 from ingest.writer import Writer, WriterConfig
 from shared.db import redacted
 from shared.discord_rules import point_discord_py
+from shared.errors import DzoneError
 from shared.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
 
 
-class IngestError(Exception):
+class IngestError(DzoneError):
     """The worker cannot run (bad token, intents not granted, no database URL...)."""
 
 

@@ -15,9 +15,10 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.discord_rules import DISCORD_API_BASE
+from shared.errors import DzoneError
 
 
-class ConfigError(Exception):
+class ConfigError(DzoneError):
     """A setting is missing or malformed; the message names the variable."""
 
 

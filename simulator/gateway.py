@@ -22,6 +22,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from shared.discord_rules import shard_of
+from shared.errors import DzoneError
 from simulator.config import SimConfig
 from simulator.world import World, guild_create_payload, member_payload, presence_payload, user_payload
 
@@ -90,7 +91,7 @@ def op_frame(op: Op, data: Any) -> bytes:
     return orjson.dumps({"op": int(op), "d": data, "s": None, "t": None})
 
 
-class ProtocolViolationError(Exception):
+class ProtocolViolationError(DzoneError):
     """The client broke the gateway protocol; ``code`` is the close code Discord uses for it."""
 
     def __init__(self, code: Close, reason: str) -> None:

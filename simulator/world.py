@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.discord_rules import DEFAULT_ROLE_COLOR
+from shared.errors import DzoneError
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 STATUSES = ("online", "idle", "dnd", "offline")
@@ -31,7 +32,7 @@ OVERWRITE_ROLE = 0
 OVERWRITE_MEMBER = 1
 
 
-class SimulatorError(Exception):
+class SimulatorError(DzoneError):
     """Base class for a control request the simulator cannot honour (unknown id, bad value)."""
 
 
