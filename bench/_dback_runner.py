@@ -36,11 +36,14 @@ async def main(port: int, control_port: int) -> None:
     server = WebSocketServer(port=port, host="127.0.0.1")
     data = mock_data(server)
 
+    servers: dict[str, Any] = data["servers"]
+    users: dict[str, dict[str, Any]] = data["users"]
+
     async def get_servers() -> dict[str, Any]:
-        return data["servers"]
+        return servers
 
     async def get_users(key: str) -> dict[str, Any]:
-        return data["users"].get(key, {})
+        return users.get(key, {})
 
     # Registering both providers is what keeps d-back's per-connect mock timers from starting.
     server.on_get_server_data(get_servers)

@@ -525,7 +525,7 @@ class Writer:
 
     def _backoff_delay(self) -> float:
         exponent = min(max(self._failures_in_a_row - 1, 0), 30)
-        delay = min(self.config.backoff_initial_s * 2**exponent, self.config.backoff_max_s)
+        delay = min(self.config.backoff_initial_s * 2.0**exponent, self.config.backoff_max_s)
         return delay * random.uniform(0.8, 1.2)
 
     async def _connection(self) -> asyncpg.Connection:

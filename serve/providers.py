@@ -15,7 +15,7 @@ import structlog
 
 from serve import queries
 from serve.world import Member, ServerInfo, database_order
-from shared.discord_rules import DEFAULT_ROLE_COLOR
+from shared.discord_rules import DEFAULT_ROLE_COLOR as DEFAULT_ROLE_COLOR  # one of the callbacks' defaults
 from shared.errors import DzoneError
 from shared.feed import ServerChanged
 
