@@ -21,7 +21,7 @@ from tests.test_ingest_gateway import running_worker, settings_for
 from tests.waiting import wait_for
 
 
-def wrong_rows(truth: dict, seen: dict) -> int:
+def wrong_rows(truth: dict[str, Any], seen: dict[str, Any]) -> int:
     """How many (server, user) pairs differ between two views, rows missing on either side included."""
     wrong = 0
     for server_id in set(truth) | set(seen):
