@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md alembic.ini ./
+COPY dzone ./dzone
 COPY shared ./shared
 COPY ingest ./ingest
 COPY serve ./serve

@@ -12,13 +12,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_control import inject, serve_control
+from compare_control import broadcast, serve_control
 from d_back.server import WebSocketServer
 
 MOCK_KEYS = ("232769614004748288", "482241773318701056", "123456789012345678", "987654321098765432")
@@ -37,11 +36,14 @@ async def main(port: int, control_port: int) -> None:
     server = WebSocketServer(port=port, host="127.0.0.1")
     data = mock_data(server)
 
+    servers: dict[str, Any] = data["servers"]
+    users: dict[str, dict[str, Any]] = data["users"]
+
     async def get_servers() -> dict[str, Any]:
-        return data["servers"]
+        return servers
 
     async def get_users(key: str) -> dict[str, Any]:
-        return data["users"].get(key, {})
+        return users.get(key, {})
 
     # Registering both providers is what keeps d-back's per-connect mock timers from starting.
     server.on_get_server_data(get_servers)
@@ -54,13 +56,7 @@ async def main(port: int, control_port: int) -> None:
             joined = sum(1 for ws in server.connections if getattr(ws, "discordServer", None))
             return {"connections": len(server.connections), "joined": joined}
         if cmd == "broadcast":
-            key = request["server"]
-
-            async def send(event: Sequence[Any]) -> None:
-                uid, status, username, color = event
-                await server.broadcast_presence(key, uid, status, username=username, role_color=color)
-
-            return {"times": await inject(send, request["events"], request.get("rate"))}
+            return await broadcast(server, request)
         if cmd == "stop":
             stopped.set()
             return {}

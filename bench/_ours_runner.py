@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from compare_control import inject, serve_control  # noqa: E402
+from compare_control import broadcast, serve_control  # noqa: E402
 
 from serve import WebSocketServer  # noqa: E402
 
@@ -30,13 +29,7 @@ async def main(port: int, control_port: int) -> None:
         if cmd == "ping":
             return {"connections": len(server.connections)}
         if cmd == "broadcast":
-            key = request["server"]
-
-            async def send(event: Sequence[Any]) -> None:
-                uid, status, username, color = event
-                await server.broadcast_presence(key, uid, status, username=username, role_color=color)
-
-            return {"times": await inject(send, request["events"], request.get("rate"))}
+            return await broadcast(server, request)
         if cmd == "stop":
             stopped.set()
             return {}

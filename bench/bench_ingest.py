@@ -51,6 +51,7 @@ import asyncpg
 import discord
 import discord.gateway
 import psutil
+from simulator_process import start_simulator
 
 from ingest.worker import IngestWorker
 from ingest.writer import percentile
@@ -58,22 +59,6 @@ from shared.db import migrate
 from shared.settings import IngestSettings, load
 
 SIM_TOKEN = "bench-token"
-UNBOUNDED = 10_000_000.0
-
-
-def start_simulator(members: int, rate: float) -> tuple[subprocess.Popen[str], str, str]:
-    command = [
-        sys.executable, "-m", "shared", "simulate", "--port", "0", "--guild-sizes", str(members),
-        "--presence-rate", str(rate or UNBOUNDED), "--message-rate", "0", "--churn", "0", "--paused",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert process.stdout is not None
-    api_base = process.stdout.readline().strip().split("=", 1)[1]
-    gateway_url = process.stdout.readline().strip().split("=", 1)[1]
-    return process, api_base, gateway_url
 
 
 PG_PIDS: list[int] = []  # the embedded server's postmaster, when we started one (for its CPU figure)
@@ -98,7 +83,7 @@ def database() -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    from shared.localdb import LocalPostgres
+    from dzone.localdb import LocalPostgres
 
     with LocalPostgres() as local:
         if local.pid is not None:
@@ -126,7 +111,7 @@ def count_presence_parses(client: discord.Client, counter: list[int]) -> None:
 
 async def run_bare(api_base: str, gateway_url: str, seconds: float, warmup: float) -> dict[str, float]:
     from ingest.gateway import ingest_intents
-    from ingest.worker import point_discord_py
+    from shared.discord_rules import point_discord_py
 
     point_discord_py(api_base, gateway_url)
     client = discord.Client(intents=ingest_intents(False), guild_ready_timeout=0.1, max_messages=None)
@@ -390,7 +375,7 @@ async def bench_relay(url: str, batch: int = 2000, rounds: int = 20) -> None:
 
 def per_cpu_second(figures: dict[str, Any], key: str) -> float:
     """Events per second of this process's CPU time (the rate it would reach on a core of its own)."""
-    return figures[key] / max(figures["cpu"] / 100, 1e-9)
+    return float(figures[key]) / max(float(figures["cpu"]) / 100, 1e-9)
 
 
 async def bench_throughput(url: str, args: argparse.Namespace) -> None:

@@ -246,8 +246,8 @@ async def open_viewers(
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
+    from dzone.localdb import LocalPostgres
     from shared.db import migrate
-    from shared.localdb import LocalPostgres
 
     with LocalPostgres() as local:
         migrate(local.url)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import zlib
 from typing import Any
@@ -25,37 +23,9 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
+from simulator_process import start_simulator
 
 SIM_TOKEN = "bench-token"
-
-
-def start_simulator(members: int) -> tuple[subprocess.Popen[str], str, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "shared",
-        "simulate",
-        "--port",
-        "0",
-        "--guild-sizes",
-        str(members),
-        "--presence-rate",
-        "10000000",  # far above what anything can take: backpressure sets the pace
-        "--message-rate",
-        "0",
-        "--churn",
-        "0",
-        "--paused",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert process.stdout is not None
-    api_base = process.stdout.readline().strip().split("=", 1)[1]
-    gateway_url = process.stdout.readline().strip().split("=", 1)[1]
-    return process, api_base, gateway_url
 
 
 async def control(http: aiohttp.ClientSession, api_base: str, action: str) -> None:
@@ -90,9 +60,9 @@ async def bench_discord_py(
 ) -> dict[str, float]:
     import discord
 
-    from simulator.discordpy import point_discord_py_at
+    from shared.discord_rules import point_discord_py
 
-    point_discord_py_at(api_base, gateway_url)
+    point_discord_py(api_base, gateway_url)
     intents = discord.Intents.default()
     intents.members = True
     intents.presences = True

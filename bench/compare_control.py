@@ -90,3 +90,14 @@ class ControlClient:
     async def close(self) -> None:
         self._writer.close()
         await self._writer.wait_closed()
+
+
+async def broadcast(server: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The ``broadcast`` command: the guide's ``broadcast_presence`` for each event, at the given rate."""
+    key = request["server"]
+
+    async def send(event: Sequence[Any]) -> None:
+        uid, status, username, color = event
+        await server.broadcast_presence(key, uid, status, username=username, role_color=color)
+
+    return {"times": await inject(send, request["events"], request.get("rate"))}

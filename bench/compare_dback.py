@@ -57,8 +57,8 @@ sys.path.insert(0, str(BENCH))
 from compare_client import worker_main  # noqa: E402
 from compare_control import ControlClient, ControlError  # noqa: E402
 
+from dzone.localdb import LocalPostgres  # noqa: E402
 from shared.db import migrate  # noqa: E402
-from shared.localdb import LocalPostgres  # noqa: E402
 
 DBACK_VERSION = "0.0.18"
 DEFAULT_VENV = BENCH / ".dback-venv"
@@ -149,7 +149,7 @@ def machine(dback_python: Path, pg: LocalPostgres) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    import websockets
+    import importlib.metadata
 
     versions = "import sys, websockets, d_back; print(sys.version.split()[0], websockets.__version__, d_back.__version__)"
     dback_py, dback_ws, dback = _output([str(dback_python), "-c", versions]).split()
@@ -159,7 +159,7 @@ def machine(dback_python: Path, pg: LocalPostgres) -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "websockets": websockets.__version__,
+        "websockets": importlib.metadata.version("websockets"),
         "postgres": _output([str(pg.bindir / "postgres"), "--version"]) if pg.bindir else "unknown",
         "dback": dback,
         "dback_python": dback_py,
@@ -321,7 +321,10 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan")}
     ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))] * 1000  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))] * 1000
+
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 

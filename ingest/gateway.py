@@ -34,6 +34,7 @@ from ingest.mapping import RoleView
 from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
 from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
+from shared.discord_rules import shard_of
 
 log = structlog.get_logger(__name__)
 
@@ -48,11 +49,6 @@ def ingest_intents(relay_messages: bool) -> discord.Intents:
         intents.guild_messages = True
         intents.message_content = True
     return intents
-
-
-def shard_of(server_id: int, shard_count: int) -> int:
-    """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
-    return (server_id >> 22) % shard_count
 
 
 # The parsers of discord.py's table that are replaced by ours (the originals of some still run after).

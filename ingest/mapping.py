@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-DEFAULT_ROLE_COLOR = "#99aab5"
+from shared.discord_rules import DEFAULT_ROLE_COLOR
+
 USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
 SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
 # Discord's "invisible" is what the member sets; everyone else (and we) see "offline".

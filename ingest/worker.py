@@ -16,28 +16,15 @@ from ingest.gateway import IngestClient
 from ingest.health import HealthServer, shard_heartbeat
 from ingest.writer import Writer, WriterConfig
 from shared.db import redacted
+from shared.discord_rules import point_discord_py
+from shared.errors import DzoneError
 from shared.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_API_BASE = "https://discord.com/api/v10"
 
-
-class IngestError(Exception):
+class IngestError(DzoneError):
     """The worker cannot run (bad token, intents not granted, no database URL...)."""
-
-
-def point_discord_py(api_base: str, gateway_url: str | None) -> None:
-    """Send discord.py's REST calls and gateway connections to ``api_base`` / ``gateway_url``.
-
-    Process-wide (discord.py keeps both in class attributes); unset values leave Discord's own.
-    """
-    import yarl
-
-    if api_base.rstrip("/") != DEFAULT_API_BASE:
-        discord.http.Route.BASE = api_base.rstrip("/")
-    if gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
 def writer_config(settings: IngestSettings) -> WriterConfig:

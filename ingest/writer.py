@@ -38,6 +38,7 @@ from ingest.mapping import MemberRow
 from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
 from ingest.store import ROW_ERRORS
 from shared.db import redacted
+from shared.settings import IngestSettings, default_of
 
 log = structlog.get_logger(__name__)
 
@@ -103,16 +104,16 @@ class Heartbeat(NamedTuple):
 class WriterConfig:
     """Batching, retry and bound settings of the writer."""
 
-    batch_max_rows: int = 2000
-    batch_max_delay_s: float = 0.005
-    bulk_threshold: int = 500  # a full sync changing at least this many rows announces one resync
-    resync_after_outage_s: float = 30.0
-    message_queue_max: int = 10_000
+    batch_max_rows: int = default_of(IngestSettings, "batch_max_rows")
+    batch_max_delay_s: float = default_of(IngestSettings, "batch_max_delay_ms") / 1000
+    bulk_threshold: int = default_of(IngestSettings, "bulk_threshold")  # a sync this big announces a resync
+    resync_after_outage_s: float = default_of(IngestSettings, "resync_after_outage_s")
+    message_queue_max: int = default_of(IngestSettings, "message_queue_max")
     connect_timeout_s: float = 5.0
     command_timeout_s: float = 60.0
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 2.0  # also the longest wait before a recovered database is used again
-    stats_interval_s: float = 10.0
+    stats_interval_s: float = default_of(IngestSettings, "stats_interval_s")
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
     heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
@@ -460,7 +461,7 @@ class Writer:
 
     def _backoff_delay(self) -> float:
         exponent = min(max(self._failures_in_a_row - 1, 0), 30)
-        delay = min(self.config.backoff_initial_s * 2**exponent, self.config.backoff_max_s)
+        delay = min(self.config.backoff_initial_s * 2.0**exponent, self.config.backoff_max_s)
         return delay * random.uniform(0.8, 1.2)
 
     async def _connection(self) -> asyncpg.Connection:

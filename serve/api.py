@@ -28,6 +28,7 @@ from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
 from serve.tls import CertificateError, CertificateFiles, ReloadingContext
 from shared import db
+from shared.errors import DzoneError
 from shared.settings import ServeSettings, load
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ log = structlog.get_logger(__name__)
 StaticCallback = Callable[[str], Awaitable[tuple[str, str] | None]]
 
 
-class ServeError(Exception):
+class ServeError(DzoneError):
     """The server cannot start (bad configuration, database unreachable at start)."""
 
 

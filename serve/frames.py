@@ -1,6 +1,6 @@
 """Wire frames: encode server frames once with orjson, and parse client frames into typed requests.
 
-Every parse failure is a :class:`ProtocolError` whose message is what the client is shown (rule 14).
+Every parse failure is a :class:`ClientFrameError` whose message is what the client is shown (rule 14).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from shared.errors import DzoneError
 
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 
@@ -33,7 +35,7 @@ ERR_AUTH_THROTTLED = "Too many Discord logins are being checked right now. Pleas
 ERR_ACCESS_LOST = "You no longer have access to this Discord server. Pick another server to keep watching."
 
 
-class ProtocolError(Exception):
+class ClientFrameError(DzoneError):
     """A client frame the server cannot act on; ``str(exc)`` is the text sent back as an error."""
 
 
@@ -52,36 +54,36 @@ class ConnectRequest:
 
 
 def parse_client_frame(message: str | bytes) -> ConnectRequest:
-    """Turn one client frame (text, or binary holding UTF-8) into a ConnectRequest or raise ProtocolError."""
+    """Turn one client frame (text, or binary holding UTF-8) into a ConnectRequest or raise ClientFrameError."""
     if isinstance(message, bytes | bytearray | memoryview):
         try:
             message = bytes(message).decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolError(ERR_BINARY) from None
+            raise ClientFrameError(ERR_BINARY) from None
     try:
         frame = orjson.loads(message)
     except orjson.JSONDecodeError:
-        raise ProtocolError(ERR_JSON) from None
+        raise ClientFrameError(ERR_JSON) from None
     if not isinstance(frame, dict):
-        raise ProtocolError(ERR_NOT_OBJECT)
+        raise ClientFrameError(ERR_NOT_OBJECT)
     kind = frame.get("type")
     if not isinstance(kind, str):
-        raise ProtocolError(ERR_NO_TYPE)
+        raise ClientFrameError(ERR_NO_TYPE)
     if kind != "connect":
-        raise ProtocolError(ERR_UNKNOWN_TYPE)
+        raise ClientFrameError(ERR_UNKNOWN_TYPE)
     data = frame.get("data")
     if not isinstance(data, dict):
-        raise ProtocolError(ERR_NO_DATA)
+        raise ClientFrameError(ERR_NO_DATA)
     server = data.get("server")
     if server is not None and not isinstance(server, str):
-        raise ProtocolError(ERR_SERVER_TYPE)
+        raise ClientFrameError(ERR_SERVER_TYPE)
     if server is not None:
         server = server.strip()
         if server in ("", "default"):
             server = None
     token = data.get("discordToken")
     if token is not None and not isinstance(token, str):
-        raise ProtocolError(ERR_TOKEN_TYPE)
+        raise ClientFrameError(ERR_TOKEN_TYPE)
     user = data.get("discordUser")
     return ConnectRequest(
         server=server,

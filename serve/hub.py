@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
-from serve.frames import ConnectRequest, ProtocolError
+from serve.frames import ClientFrameError, ConnectRequest
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
 from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
@@ -455,7 +455,7 @@ class Hub:
                     await asyncio.sleep(delay)  # rule 15: slow this socket down, never close it
                 try:
                     request = frames.parse_client_frame(message)
-                except ProtocolError as exc:
+                except ClientFrameError as exc:
                     await self._send_error(ws, str(exc))
                     continue
                 await self.join(session, request)

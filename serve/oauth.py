@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 
 from serve.limits import RateLimit
+from shared.errors import DzoneError
 
 log = structlog.get_logger(__name__)
 
@@ -23,11 +24,11 @@ CACHE_MAX_ENTRIES = 10_000
 RETRY_AFTER_MAX_S = 600.0  # never believe a Retry-After that would lock logins out for longer
 
 
-class AuthRejected(Exception):
+class AuthRejected(DzoneError):
     """Discord says the token is not valid (or its answer names no user)."""
 
 
-class AuthUnavailable(Exception):
+class AuthUnavailable(DzoneError):
     """Discord could not be asked: timeout, connection failure, rate limit or a server error."""
 
 

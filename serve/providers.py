@@ -15,11 +15,12 @@ import structlog
 
 from serve import queries
 from serve.world import Member, ServerInfo, database_order
+from shared.discord_rules import DEFAULT_ROLE_COLOR as DEFAULT_ROLE_COLOR  # one of the callbacks' defaults
+from shared.errors import DzoneError
 from shared.feed import ServerChanged
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ROLE_COLOR = "#99AAB5"  # the guide's default grey
 DEFAULT_USERNAME = "Unknown"
 DEFAULT_STATUS = "offline"
 
@@ -27,7 +28,7 @@ ServerDataCallback = Callable[[], Awaitable[dict[str, Any]]]
 UserDataCallback = Callable[[str], Awaitable[dict[str, Any]]]
 
 
-class ProviderError(Exception):
+class ProviderError(DzoneError):
     """A data source failed or returned something unusable; the message says which and why."""
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import structlog
 
+from shared.errors import DzoneError
+
 log = structlog.get_logger(__name__)
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-class CertificateError(Exception):
+class CertificateError(DzoneError):
     """The pair cannot be used; the message names the file and why."""
 
 

@@ -1,1 +1,1 @@
-"""What the ingest worker and the serve process share: settings, database access, the change feed."""
+"""What the ingest worker and the serve process both import: settings, database access, the feed codec, logs."""

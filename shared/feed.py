@@ -13,6 +13,8 @@ from typing import Literal
 
 import orjson
 
+from shared.errors import DzoneError
+
 CHANNEL = "dzone_feed"
 # The application_name of each serve's LISTEN connection: PostgreSQL does not show who listens, so
 # this is how operators (and ``dzone status``) find them in pg_stat_activity.
@@ -29,7 +31,7 @@ Status = Literal["online", "idle", "dnd", "offline"]
 STATUSES: frozenset[str] = frozenset(("online", "idle", "dnd", "offline"))
 
 
-class FeedDecodeError(ValueError):
+class FeedDecodeError(DzoneError, ValueError):
     """A payload on the feed channel is not one this version understands."""
 
 

@@ -14,8 +14,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.discord_rules import DISCORD_API_BASE
+from shared.errors import DzoneError
 
-class ConfigError(Exception):
+
+class ConfigError(DzoneError):
     """A setting is missing or malformed; the message names the variable."""
 
 
@@ -66,7 +69,7 @@ class DatabaseSettings(_Base):
 class DiscordSettings(_Base):
     """Where Discord is. Unset base/gateway mean the real Discord; tests point them at the simulator."""
 
-    discord_api_base: str = "https://discord.com/api/v10"
+    discord_api_base: str = DISCORD_API_BASE
     discord_gateway_url: str | None = None
 
 
@@ -167,6 +170,11 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def default_of(cls: type[BaseSettings], field: str) -> Any:
+    """A setting's default, for code that has the same knob outside the settings (one definition)."""
+    return cls.model_fields[field].get_default(call_default_factory=True)
 
 
 def _variable_name(cls: type[BaseSettings], field: str) -> str:

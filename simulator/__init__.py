@@ -4,11 +4,11 @@ Not part of the production data path: the ingest only ever sees it through disco
 would see discord.com. See docs/simulator.md.
 """
 
+from shared.discord_rules import DEFAULT_ROLE_COLOR, point_discord_py
 from simulator.config import SimConfig
-from simulator.discordpy import point_discord_py_at, point_discord_py_from_env
+from simulator.discordpy import point_discord_py_from_env
 from simulator.server import Simulator
 from simulator.world import (
-    DEFAULT_ROLE_COLOR,
     InvalidValueError,
     SimulatorError,
     UnknownObjectError,
@@ -24,7 +24,7 @@ __all__ = [
     "SimulatorError",
     "UnknownObjectError",
     "display_name",
-    "point_discord_py_at",
+    "point_discord_py",
     "point_discord_py_from_env",
     "role_color",
 ]

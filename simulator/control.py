@@ -8,17 +8,15 @@ The routes are documented in docs/simulator.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from simulator.engine import UNSET
 from simulator.rest import RestFault
+from simulator.steering import Steering
 from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
-
-if TYPE_CHECKING:
-    from simulator.server import Simulator
 
 CONTROL_PREFIX = "/_sim"
 MAX_CONTROL_BODY = 64 * 1024
@@ -100,9 +98,9 @@ def _optional_bool(body: dict[str, Any], key: str, default: Any) -> Any:
 
 
 class ControlApi:
-    """aiohttp handlers bound to one Simulator."""
+    """aiohttp handlers bound to one simulator's steering."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Steering) -> None:
         self.sim = sim
 
     def routes(self) -> list[web.RouteDef]:

@@ -21,6 +21,8 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from shared.discord_rules import shard_of
+from shared.errors import DzoneError
 from simulator.config import SimConfig
 from simulator.world import (
     Guild,
@@ -90,11 +92,6 @@ SERVER_CLOSE_CODES = {
 }
 
 
-def shard_of(guild_id: int, shard_count: int) -> int:
-    """Discord's rule: a guild belongs to shard ``(guild_id >> 22) % shard_count``."""
-    return (guild_id >> 22) % shard_count
-
-
 def ws_frame_header(opcode: int, length: int) -> bytes:
     """RFC 6455 header of one unmasked, final frame (what a server sends)."""
     if length < 126:
@@ -108,7 +105,7 @@ def op_frame(op: Op, data: Any) -> bytes:
     return orjson.dumps({"op": int(op), "d": data, "s": None, "t": None})
 
 
-class ProtocolViolationError(Exception):
+class ProtocolViolationError(DzoneError):
     """The client broke the gateway protocol; ``code`` is the close code Discord uses for it."""
 
     def __init__(self, code: Close, reason: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from simulator.world import DEFAULT_ROLE_COLOR
+from shared.discord_rules import DEFAULT_ROLE_COLOR
 
 if TYPE_CHECKING:
     import discord

@@ -11,8 +11,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.discord_rules import DEFAULT_ROLE_COLOR
+from shared.errors import DzoneError
+
 DISCORD_EPOCH_MS = 1_420_070_400_000
-DEFAULT_ROLE_COLOR = "#99aab5"  # what d-zone (and Discord) shows for a member without a coloured role
 STATUSES = ("online", "idle", "dnd", "offline")
 MESSAGES_KEPT_PER_CHANNEL = 100  # GET /channels/{id}/messages history depth
 MAX_MESSAGE_LENGTH = 2000  # Discord's own limit for a message's content
@@ -30,7 +32,7 @@ OVERWRITE_ROLE = 0
 OVERWRITE_MEMBER = 1
 
 
-class SimulatorError(Exception):
+class SimulatorError(DzoneError):
     """Base class for a control request the simulator cannot honour (unknown id, bad value)."""
 
 

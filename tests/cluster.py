@@ -342,11 +342,11 @@ class Cluster:
                     break
                 expected = await db_world(conn, viewer.server_id, viewer.hide_offline)
                 if viewer.world != expected:
-                    wrong = sorted(set(expected) ^ set(viewer.world)) or [
+                    differing = sorted(set(expected) ^ set(viewer.world)) or [
                         uid for uid in expected if expected[uid] != viewer.world.get(uid)
                     ]
                     problems.append(
-                        f"viewer of {viewer.server_id}: {len(wrong)} members differ, e.g. {wrong[:3]}"
+                        f"viewer of {viewer.server_id}: {len(differing)} members differ, e.g. {differing[:3]}"
                     )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             problems = [f"database not readable yet: {exc!r}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 
@@ -84,7 +85,9 @@ def make_rows(server_id: str, count: int, status: str = "online", start: int = 1
     ]
 
 
-def truth_rows(state: dict, include_bots: bool = False) -> dict[str, dict[str, tuple[str, str, str]]]:
+def truth_rows(
+    state: dict[str, Any], include_bots: bool = False
+) -> dict[str, dict[str, tuple[str, str, str]]]:
     """The simulator's truth in the shape of :func:`db_view`."""
     return {
         guild["id"]: {
@@ -107,7 +110,7 @@ async def db_view(conn: asyncpg.Connection) -> dict[str, dict[str, tuple[str, st
     return view
 
 
-def differences(truth: dict, seen: dict, limit: int = 5) -> list[str]:
+def differences(truth: dict[str, Any], seen: dict[str, Any], limit: int = 5) -> list[str]:
     out = []
     for sid in sorted(set(truth) | set(seen)):
         t, s = truth.get(sid), seen.get(sid)

@@ -1,7 +1,7 @@
 """The real PostgreSQL behind the tests: chosen once per session, cloned per test from a migrated template.
 
 Order: ``DATABASE_URL`` if set (its role needs CREATEDB); a testcontainers PostgreSQL when a Docker
-engine answers within ~2 s; else the embedded launcher (shared/localdb.py).
+engine answers within ~2 s; else the embedded launcher (dzone/localdb.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from dzone.localdb import LocalPostgres
 from shared.db import migrate
-from shared.localdb import LocalPostgres
 
 TEMPLATE = "dzone_template"
 T = TypeVar("T")

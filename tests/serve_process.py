@@ -84,7 +84,7 @@ def serve_process(
     full_env = {**os.environ, "DATABASE_URL": database_url, "DZONE_DRAIN_S": "0", **(env or {})}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "dzone", "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,7 +17,7 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from shared.cli import main
+from dzone.cli import main
 from shared.db import migrate
 from shared.settings import (
     DEFAULT_INGEST_HTTP_PORT,
@@ -216,7 +217,8 @@ def test_the_image_builds_from_this_repository(services: dict[str, dict[str, Any
     for name, svc in _dzone_services(services).items():
         assert svc["build"] == ".", name
     # the packages the image copies are the ones pyproject installs
-    for package in ("shared", "ingest", "serve", "simulator", "migrations"):
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in include["include"]):
         assert f"COPY {package} ./{package}" in dockerfile
 
 

@@ -177,7 +177,7 @@ def test_make_demo_runs_everything_and_cleans_up(demo: DemoRun) -> None:
 
     # dzone status lists the three guilds by name
     result = subprocess.run(
-        [sys.executable, "-m", "shared", "status"],
+        [sys.executable, "-m", "dzone", "status"],
         env={**os.environ, "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
@@ -220,7 +220,7 @@ def test_make_demo_runs_everything_and_cleans_up(demo: DemoRun) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

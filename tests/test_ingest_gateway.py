@@ -123,7 +123,7 @@ async def test_each_live_event_changes_rows_and_is_announced(
         other = humans[1]
         await sim.set_presence(gid, int(other["user_id"]), "dnd" if other["status"] != "dnd" else "idle")
         await wait_for(lambda: feed.of(UserUpserted), message="marker")
-        assert [e.user_id for e in feed.of(UserUpserted)] == [other["user_id"]]  # type: ignore[attr-defined]
+        assert [e.user_id for e in feed.of(UserUpserted)] == [other["user_id"]]  # type: ignore[union-attr]
         feed.events.clear()
         # join, nick, roles, leave
         joined = await sim.add_member(gid, username="newbie", status="online")

@@ -21,7 +21,7 @@ from tests.test_ingest_gateway import running_worker, settings_for
 from tests.waiting import wait_for
 
 
-def wrong_rows(truth: dict, seen: dict) -> int:
+def wrong_rows(truth: dict[str, Any], seen: dict[str, Any]) -> int:
     """How many (server, user) pairs differ between two views, rows missing on either side included."""
     wrong = 0
     for server_id in set(truth) | set(seen):
@@ -166,7 +166,7 @@ async def test_a_worker_task_that_ends_stops_the_worker_loudly(database_url: str
 
 
 async def test_status_shows_each_shard_of_a_running_ingest(database_url: str) -> None:
-    from shared.status import read_status, render
+    from dzone.status import read_status, render
 
     async with (
         Simulator(SimConfig(guilds=4, members=10, seed=15, recommended_shards=2)) as sim,

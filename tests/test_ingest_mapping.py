@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ingest.mapping import (
-    DEFAULT_ROLE_COLOR,
     RoleView,
     clean_text,
     color_hex,
@@ -12,6 +11,7 @@ from ingest.mapping import (
     server_name,
     status_name,
 )
+from shared.discord_rules import DEFAULT_ROLE_COLOR
 
 
 def test_status_names() -> None:

@@ -9,12 +9,14 @@ import discord
 from ingest.gateway import IngestClient
 from ingest.presences import HeldPresences
 
+NOT_APPLIED = "not applied"  # no presence was ever put on the fake member
+
 
 @dataclass
 class FakeMember:
     id: int
     guild: FakeGuild
-    status: str | None = None
+    status: str = NOT_APPLIED
 
 
 @dataclass(eq=False)
@@ -23,7 +25,7 @@ class FakeGuild:
     members: dict[int, FakeMember] = field(default_factory=dict)
     unavailable: bool = False
 
-    def get_member(self, user_id: int) -> FakeMember | None:
+    def get_member(self, user_id: int, /) -> FakeMember | None:
         return self.members.get(user_id)
 
     def add(self, user_id: int) -> FakeMember:
@@ -54,7 +56,7 @@ def test_a_presence_once_the_member_is_known_replaces_the_kept_one() -> None:
     observe(held, guild, 10, "online")
     member = guild.add(10)
     observe(held, guild, 10, "dnd")  # discord.py applies this one itself
-    assert held.apply_guild(guild) == 0 and member.status is None
+    assert held.apply_guild(guild) == 0 and member.status == NOT_APPLIED
 
 
 def test_join_applies_the_presence_that_came_first() -> None:
@@ -70,7 +72,7 @@ def test_a_new_guild_object_supersedes_what_was_kept_for_the_old_one() -> None:
     observe(held, old, 10, "online")
     new = FakeGuild(1)  # a re-IDENTIFY: GUILD_CREATE brings fresher state than the kept presence
     member = new.add(10)
-    assert held.apply_guild(new) == 0 and member.status is None
+    assert held.apply_guild(new) == 0 and member.status == NOT_APPLIED
     assert held.superseded == 1 and held.held == 0
 
 

@@ -60,8 +60,8 @@ async def test_full_sync_then_resync_announces_only_real_changes(
         await writer.wait_idle()
         assert await table_rows(conn, G1) == expected_rows(now)
         await wait_for(lambda: len(feed.of(UserDeleted)) == 1 and len(feed.of(UserUpserted)) == 2)
-        assert {e.user_id for e in feed.of(UserUpserted)} == {changed.user_id, "9999"}  # type: ignore[attr-defined]
-        assert feed.of(UserDeleted)[0].user_id == rows[2].user_id  # type: ignore[attr-defined]
+        assert {e.user_id for e in feed.of(UserUpserted)} == {changed.user_id, "9999"}  # type: ignore[union-attr]
+        assert feed.of(UserDeleted)[0].user_id == rows[2].user_id  # type: ignore[union-attr]
         assert not feed.of(ServerResync)
         assert await conn.fetchval("SELECT name FROM discord_servers WHERE server_id = $1", G1) == (
             "Guild one renamed"
@@ -84,7 +84,7 @@ async def test_big_sync_uses_bulk_mode_and_one_resync(
         assert len(await table_rows(conn, G1)) == 300
         await wait_for(lambda: len(feed.of(UserUpserted)) == 5, message="G2's per-row upserts")
         assert [e.server_id for e in feed.of(ServerResync)] == [G1]
-        assert all(e.server_id == G2 for e in feed.of(UserUpserted))  # type: ignore[attr-defined]
+        assert all(e.server_id == G2 for e in feed.of(UserUpserted))
         # Nothing changed: a re-sync announces nothing about users.
         feed.events.clear()
         writer.sync_guild(G1)
@@ -169,8 +169,8 @@ async def test_messages_keep_order_respect_relay_and_strip_nul(
         await writer.wait_idle()
         await wait_for(lambda: len(feed.of(ChatMessage)) == 40, message="40 relayed messages")
         messages = feed.of(ChatMessage)
-        assert [m.message_id for m in messages] == [str(i) for i in range(50) if i % 5]  # type: ignore[attr-defined]
-        assert messages[0].text == "line 1 next"  # type: ignore[attr-defined]
+        assert [m.message_id for m in messages] == [str(i) for i in range(50) if i % 5]  # type: ignore[union-attr]
+        assert messages[0].text == "line 1 next"  # type: ignore[union-attr]
     finally:
         await writer.close()
 
@@ -320,7 +320,7 @@ async def test_relay_needs_a_channel_row_that_says_so_and_a_new_channel_counts_i
         writer.relay_message(G1, "7", "1", "10", "public")
         await writer.wait_idle()
         await wait_for(lambda: len(feed.of(ChatMessage)) >= 2, message="two relayed messages")
-        assert [m.message_id for m in feed.of(ChatMessage)] == ["30", "10"]  # type: ignore[attr-defined]
+        assert [m.message_id for m in feed.of(ChatMessage)] == ["30", "10"]  # type: ignore[union-attr]
         assert (writer.stats.messages_relayed, writer.stats.messages_withheld) == (2, 2)
         # the operator's override counts from its commit, both ways
         await conn.execute(
@@ -331,7 +331,7 @@ async def test_relay_needs_a_channel_row_that_says_so_and_a_new_channel_counts_i
         writer.relay_message(G1, "7", "2", "21", "staff, relay on")
         await writer.wait_idle()
         await wait_for(lambda: feed.of(ChatMessage), message="the override's message")
-        assert [m.message_id for m in feed.of(ChatMessage)] == ["21"]  # type: ignore[attr-defined]
+        assert [m.message_id for m in feed.of(ChatMessage)] == ["21"]  # type: ignore[union-attr]
     finally:
         await writer.close()
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.localdb import LocalPostgres, find_bindir
+from dzone.localdb import LocalPostgres, find_bindir
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
 import json, subprocess, sys, time
-from shared.localdb import LocalPostgres
+from dzone.localdb import LocalPostgres
 started = time.monotonic()
 server = LocalPostgres().start()
 ready_s = time.monotonic() - started
@@ -81,14 +81,18 @@ def test_launcher_as_unprivileged_user_leaves_nothing_behind() -> None:
     if not usable:
         pytest.skip(f"no Python interpreter that {user.pw_name} may run")
     # Nor may it read a checkout in a private folder (pytest's tmp_path is one too): give it a copy of
-    # the launcher, which is self-contained, in a folder of its own.
+    # the launcher, which needs only the error base besides, in a folder of its own.
     copy = Path(tempfile.mkdtemp(prefix="dzone-launcher-"))
     try:
-        (copy / "shared").mkdir()
-        for name in ("__init__.py", "localdb.py"):
-            shutil.copy(PROJECT / "shared" / name, copy / "shared" / name)
-        for folder in (copy, copy / "shared"):
-            folder.chmod(0o755)
+        for package, names in (
+            ("dzone", ("__init__.py", "localdb.py")),
+            ("shared", ("__init__.py", "errors.py")),
+        ):
+            (copy / package).mkdir()
+            for name in names:
+                shutil.copy(PROJECT / package / name, copy / package / name)
+            (copy / package).chmod(0o755)
+        copy.chmod(0o755)
         report = _run_launcher(usable[0], copy, **as_user)
     finally:
         shutil.rmtree(copy)

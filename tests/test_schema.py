@@ -53,7 +53,7 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
 
 def test_dzone_migrate_command_creates_schema_visible_in_psql(empty_database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database_url}
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "dzone", "migrate"], env=env, check=True, timeout=120)
     described = subprocess.run(
         ["psql", empty_database_url, "-X", "-c", r"\dt", "-c", r"\dv", "-c", r"\d discord_users"],
         capture_output=True,
@@ -75,7 +75,7 @@ def test_dzone_migrate_command_creates_schema_visible_in_psql(empty_database_url
 def test_dzone_migrate_without_database_url_fails_clearly() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-m", "shared", "migrate"],
+        [sys.executable, "-m", "dzone", "migrate"],
         env=env,
         capture_output=True,
         text=True,

@@ -13,6 +13,7 @@ import discord
 from discord.ext import commands
 
 from serve import WebSocketServer
+from shared.discord_rules import DEFAULT_ROLE_COLOR
 from simulator.config import SimConfig
 from simulator.server import Simulator
 from simulator.testing import SIM_TOKEN
@@ -401,9 +402,11 @@ async def test_provider_output_is_validated_with_the_guides_defaults(caplog, cap
         }
         join = await v.join(None)  # no default marked: the first entry
         assert join["data"]["users"] == {
-            "1": {"uid": "1", "username": "only-name", "status": "offline", "roleColor": "#99AAB5"},
+            "1": {"uid": "1", "username": "only-name", "status": "offline", "roleColor": "#99aab5"},
             "4": {"uid": "4", "username": "full", "status": "idle", "roleColor": "#abcdef"},
         }
+        # the guide fills in "#99AAB5": the same CSS colour, written in the project's one (lowercase) form
+        assert "#99AAB5".lower() == DEFAULT_ROLE_COLOR
     logged = caplog.text + "".join(capsys.readouterr())
     assert "provider_entries_dropped" in logged and "hunter2" not in logged
 

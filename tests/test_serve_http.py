@@ -15,6 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from tests.test_serve_support import Viewer, add_server, running
 from tests.waiting import wait_for
@@ -118,7 +119,7 @@ async def test_origin_allow_list(database_url, conn):
         async with Viewer.open(server, origin="https://dzone.example") as v:
             await v.expect("server-list")
         with pytest.raises(InvalidStatus) as caught:
-            async with connect(f"ws://127.0.0.1:{server.port}/", origin="https://evil.example"):
+            async with connect(f"ws://127.0.0.1:{server.port}/", origin=Origin("https://evil.example")):
                 pass
         assert caught.value.response.status_code == 403
 
@@ -146,7 +147,9 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
         async with Viewer.open(server) as healthy:
             await healthy.expect("server-list")
             await healthy.join()
-            await wait_for(lambda: len(server._hub.states[A].viewers) == 2, message="both joined")  # type: ignore[union-attr]
+            hub = server._hub
+            assert hub is not None
+            await wait_for(lambda: len(hub.states[A].viewers) == 2, message="both joined")
             big = "x" * 4000
             sent = 0
             while len(server._hub.states[A].viewers) == 2:  # type: ignore[union-attr]
@@ -165,9 +168,9 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
 def test_cli_serves_and_exits_0_on_sigterm(database_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info", "DZONE_DRAIN_S": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--port", "0"]
+        [sys.executable, "-m", "dzone.cli", "serve", "--port", "0"]
         if False
-        else [sys.executable, "-c", "from shared.cli import main; main()", "serve", "--port", "0"],
+        else [sys.executable, "-c", "from dzone.cli import main; main()", "serve", "--port", "0"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -35,7 +35,7 @@ class ServeProcess:
     def __init__(self, database_url: str) -> None:
         env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": "info"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from shared.cli import main; main()", "serve", "--port", "0"],
+            [sys.executable, "-c", "from dzone.cli import main; main()", "serve", "--port", "0"],
             env=env,
             stderr=subprocess.PIPE,
             text=True,

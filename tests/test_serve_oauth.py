@@ -203,7 +203,7 @@ async def test_discords_429_stops_calls_until_retry_after(database_url, conn, si
         token = sim.issue_oauth_token(member)
 
         async def admitted() -> bool:
-            return (await v.connect("locked", discordToken=token))["type"] == "server-join"
+            return bool((await v.connect("locked", discordToken=token))["type"] == "server-join")
 
         await wait_for(admitted, timeout=10, interval=0.2, message="admitted after Retry-After")
         assert sim.oauth_calls == 2

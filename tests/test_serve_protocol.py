@@ -374,7 +374,10 @@ async def test_messages_are_capped_relayed_and_only_for_known_members(database_u
         await conn.execute("UPDATE discord_servers SET relay_messages = false WHERE server_id = $1", A)
         hub = server._hub
         assert hub is not None
-        await wait_for(lambda: not hub.directory.by_key[A].relay_messages, message="relay off applied")  # type: ignore[union-attr]
+        await wait_for(
+            lambda: hub.directory is not None and not hub.directory.by_key[A].relay_messages,
+            message="relay off applied",
+        )
         await conn.execute("SELECT dzone_notify_message($1, $2, '42', '43', 'hidden')", A, ALICE)
         await conn.execute(
             "UPDATE discord_users SET status = 'idle' WHERE server_id = $1 AND user_id = $2", A, ALICE

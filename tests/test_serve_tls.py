@@ -210,7 +210,7 @@ def test_cli_reports_a_mismatched_pair_and_exits_1(database_url, tmp_path):
         "DZONE_TLS_KEY_FILE": str(other.key_file),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "shared", "serve", "--port", "0"],
+        [sys.executable, "-m", "dzone", "serve", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,

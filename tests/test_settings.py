@@ -115,3 +115,14 @@ def test_drain_is_never_negative(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DZONE_DRAIN_S", "-1")
     with pytest.raises(ConfigError, match=r"DZONE_DRAIN_S: .*greater than or equal to 0"):
         load(ServeSettings)
+
+
+def test_writer_defaults_are_the_ingest_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.worker import writer_config
+    from ingest.writer import WriterConfig
+
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "x")
+    monkeypatch.setenv("DZONE_BATCH_MAX_DELAY_MS", "7")
+    assert writer_config(load(IngestSettings)) == WriterConfig(batch_max_delay_s=0.007)
+    monkeypatch.delenv("DZONE_BATCH_MAX_DELAY_MS")
+    assert writer_config(load(IngestSettings)) == WriterConfig()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import discord
 import pytest
 
+from shared.discord_rules import shard_of
 from simulator import SimConfig, Simulator
-from simulator.gateway import shard_of
 from simulator.testing import (
     all_intents,
     client_view,
@@ -122,7 +122,8 @@ async def test_each_injected_event_fires_the_matching_discord_py_event() -> None
         )
         assert colour_hex(member.colour) == joined["role_color"] != "#99aab5"
         await wait_for(
-            lambda: str(guild.get_member(member.id).status) == "online", message="joiner's presence"
+            lambda: (seen := guild.get_member(member.id)) is not None and str(seen.status) == "online",
+            message="joiner's presence",
         )
 
         # member update: nick and roles
@@ -202,7 +203,9 @@ async def test_invalid_session_leads_to_a_fresh_identify() -> None:
         await sim.set_presence(guild_id, user_id, "dnd")  # not resumable: it arrives in the new GUILD_CREATE
         await ready_again
         assert sim.hub.counters["identify"] == 2 and sim.hub.counters["resume"] == 0
-        assert str(client.get_guild(guild_id).get_member(user_id).status) == "dnd"
+        guild = client.get_guild(guild_id)
+        seen = guild.get_member(user_id) if guild is not None else None
+        assert seen is not None and str(seen.status) == "dnd"
         assert_client_matches_truth(sim, client)
 
         resumed = client.wait_for("resumed", timeout=EVENT_TIMEOUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import discord
@@ -34,7 +35,7 @@ def offline_world(**config: object) -> tuple[Engine, GatewayHub, Session]:
     return Engine(world, hub, builder), hub, session
 
 
-def events(session: Session) -> list[tuple[str, dict]]:
+def events(session: Session) -> list[tuple[str, dict[str, Any]]]:
     return [(p["t"], p["d"]) for p in (orjson.loads(frame) for _, frame in session.replay)]
 
 
@@ -171,7 +172,8 @@ async def test_an_unavailable_guild_is_left_out_of_a_new_identify() -> None:
         guild_id = next(iter(sim.world.guilds))
         await sim.start_guild_outage(guild_id)
         async with connected_client(sim) as client:
-            assert client.get_guild(guild_id) is not None and client.get_guild(guild_id).unavailable
+            guild = client.get_guild(guild_id)
+            assert guild is not None and guild.unavailable
             available = client.wait_for("guild_available", timeout=EVENT_TIMEOUT)
             await sim.end_guild_outage(guild_id)
             await available
@@ -292,7 +294,7 @@ async def test_duplicated_dispatches_arrive_twice() -> None:
         ("faults/duplicate-dispatches", {"seconds": "long"}),
     ],
 )
-async def test_fault_routes_refuse_bad_input(http: aiohttp.ClientSession, route: str, body: dict) -> None:
+async def test_fault_routes_refuse_bad_input(http: aiohttp.ClientSession, route: str, body: dict[str, Any]) -> None:
     async with (
         Simulator(SimConfig(guild_sizes=[3])) as sim,
         http.post(f"{sim.control_base}/{route}", json=body) as response,
@@ -305,10 +307,10 @@ async def test_fault_routes_over_http(http: aiohttp.ClientSession) -> None:
     async with Simulator(SimConfig(guild_sizes=[3, 3])) as sim:
         guild_id = str(next(iter(sim.world.guilds)))
 
-        async def post(route: str, body: dict | None = None) -> dict:
+        async def post(route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
             async with http.post(f"{sim.control_base}/faults/{route}", json=body or {}) as response:
                 assert response.status == 200, await response.text()
-                answer: dict = await response.json()
+                answer: dict[str, Any] = await response.json()
                 return answer
 
         assert (await post("bot-added", {"size": 12}))["member_count"] == 12

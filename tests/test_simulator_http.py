@@ -270,7 +270,7 @@ def test_dzone_simulate_prints_the_urls_and_stops_on_ctrl_c() -> None:
         [
             sys.executable,
             "-m",
-            "shared",
+            "dzone",
             "simulate",
             "--port",
             "0",

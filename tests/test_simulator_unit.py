@@ -7,8 +7,9 @@ import re
 
 import pytest
 
+from shared.discord_rules import shard_of
 from simulator import SimConfig, role_color
-from simulator.gateway import Session, shard_of
+from simulator.gateway import Session
 from simulator.names import NameMaker, ascii_fold
 from simulator.scenario import STATUS_MIX, Traffic, WorldBuilder, poisson
 from simulator.testing import view_differences

@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from shared.cli import main
-from shared.feed import CHANNEL
-from shared.status import LISTENER_APPLICATION_NAME, StatusError, read_status, render, table
+from dzone.cli import main
+from dzone.status import StatusError, read_status, render, table
+from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
 
 SEED = """
 INSERT INTO discord_servers (server_id, name, alias, is_default) VALUES

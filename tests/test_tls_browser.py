@@ -24,7 +24,7 @@ def _page_draws_members(base: str, ca: LocalCA, visible: dict[str, str]) -> None
         driver.get(base + "/")
 
         def joined(d: Any) -> bool:
-            return d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "joined"
+            return bool(d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "joined")
 
         wait_until(driver, joined, "the page to join a server over wss://")
         assert driver.execute_script("return location.protocol") == "https:"

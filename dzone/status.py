@@ -16,6 +16,7 @@ import asyncpg
 import click
 
 from shared.db import redacted
+from shared.errors import DzoneError
 from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
 from shared.settings import ConfigError, DatabaseSettings, load
 
@@ -51,7 +52,7 @@ ORDER BY shard_id, updated_at DESC
 STALE_HEARTBEAT_S = 30.0  # a shard silent this long is shown as stale (its process is gone or stuck)
 
 
-class StatusError(Exception):
+class StatusError(DzoneError):
     """The database could not be read (unreachable, or not migrated)."""
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from shared.errors import DzoneError
+
 SUPERUSER = "dzone"
 DATABASE = "dzone"
 
 
-class LocalDBError(Exception):
+class LocalDBError(DzoneError):
     """The embedded PostgreSQL could not be found, started or stopped."""
 
 

@@ -12,13 +12,13 @@ import click
 
 # name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
-    "migrate": "shared.commands:migrate",
-    "localdb": "shared.commands:localdb",
+    "migrate": "dzone.commands:migrate",
+    "localdb": "dzone.commands:localdb",
     "simulate": "simulator.cli:simulate",
     "ingest": "ingest.cli:ingest",
     "serve": "serve.cli:serve",
-    "demo": "shared.demo:demo",
-    "status": "shared.status:status",
+    "demo": "dzone.demo:demo",
+    "status": "dzone.status:status",
 }
 
 

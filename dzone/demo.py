@@ -30,8 +30,9 @@ import asyncpg
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from dzone.localdb import LocalDBError, LocalPostgres
 from shared.db import migrate, redacted
-from shared.localdb import LocalDBError, LocalPostgres
+from shared.errors import DzoneError
 from shared.settings import ConfigError, DatabaseSettings, load
 
 # The simulator accepts only this token, and the demo's ingest presents it: a fixed, public, fake value.
@@ -41,11 +42,11 @@ STOP_GRACE_S = 10.0  # per child, after SIGTERM, before SIGKILL
 LOG_TAIL_CHARS = 3000
 
 
-class DemoError(Exception):
+class DemoError(DzoneError):
     """A part of the demo failed to start or stopped on its own; the message says which and why."""
 
 
-class Interrupted(Exception):
+class Interrupted(DzoneError):
     """Ctrl-C or SIGTERM arrived while starting."""
 
 
@@ -73,11 +74,11 @@ class Demo:
     database: LocalPostgres | None = None
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
-        """Start ``python -m shared ARGS`` in its own session (Ctrl-C reaches us only; we stop it)."""
+        """Start ``python -m dzone ARGS`` in its own session (Ctrl-C reaches us only; we stop it)."""
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "shared", *args],
+                [sys.executable, "-m", "dzone", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -209,6 +210,23 @@ class Progress:
         click.echo(click.style("ok", fg="green") + f" ({elapsed:.1f} s){'  ' + note if note else ''}")
 
 
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``dzone demo`` was asked for (its command-line options)."""
+
+    host: str
+    port: int
+    guilds: int
+    members: int
+    presence_rate: float
+    message_rate: float
+    churn: float
+    seed: int
+    static_dir: str | None
+    log_level: str
+    ready_timeout: float
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the serve listens on.")
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535), help="Serve's port.")
@@ -280,6 +298,19 @@ def demo(
     DATABASE_URL set: use that database instead of a temporary one. DISCORD_BOT_TOKEN set: ingest from
     real Discord instead of the simulator.
     """
+    options = DemoOptions(
+        host,
+        port,
+        guilds,
+        members,
+        presence_rate,
+        message_rate,
+        churn,
+        seed,
+        static_dir,
+        log_level,
+        ready_timeout,
+    )
     try:
         database_url = load(DatabaseSettings).database_url
     except ConfigError as exc:
@@ -291,22 +322,7 @@ def demo(
     demo_run = Demo(workdir=Path(tempfile.mkdtemp(prefix="dzone-demo-")))
     with signals_set(demo_run.stop_requested):
         try:
-            run(
-                demo_run,
-                database_url=database_url,
-                real_token=real_token,
-                host=host,
-                port=port,
-                guilds=guilds,
-                members=members,
-                presence_rate=presence_rate,
-                message_rate=message_rate,
-                churn=churn,
-                seed=seed,
-                static_dir=static_dir,
-                log_level=log_level,
-                ready_timeout=ready_timeout,
-            )
+            run(demo_run, options, database_url=database_url, real_token=real_token)
         except Interrupted:
             click.echo("\ninterrupted")
         except (DemoError, LocalDBError) as exc:
@@ -318,23 +334,7 @@ def demo(
             click.echo(" done; temporary files removed")
 
 
-def run(
-    demo_run: Demo,
-    *,
-    database_url: str | None,
-    real_token: str,
-    host: str,
-    port: int,
-    guilds: int,
-    members: int,
-    presence_rate: float,
-    message_rate: float,
-    churn: float,
-    seed: int,
-    static_dir: str | None,
-    log_level: str,
-    ready_timeout: float,
-) -> None:
+def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_token: str) -> None:
     """Start every part in order, print where to look, then wait for Ctrl-C or a child's failure."""
     progress = Progress(5 if not real_token else 4)
     click.echo(f"dzone demo  (child logs: {demo_run.workdir})")
@@ -354,11 +354,11 @@ def run(
         raise DemoError(f"cannot migrate the database at {redacted(database_url)}: {exc}") from None
     progress.done()
 
-    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": log_level}
+    env = {**os.environ, "DATABASE_URL": database_url, "DZONE_LOG_LEVEL": options.log_level}
     if real_token:
         click.echo("       DISCORD_BOT_TOKEN is set: ingesting from real Discord, no simulator")
     else:
-        progress.begin(f"simulated Discord: {guilds} guilds x {members} members")
+        progress.begin(f"simulated Discord: {options.guilds} guilds x {options.members} members")
         sim = demo_run.spawn(
             "simulate",
             [
@@ -368,29 +368,31 @@ def run(
                 "--port",
                 "0",
                 "--guilds",
-                str(guilds),
+                str(options.guilds),
                 "--members",
-                str(members),
+                str(options.members),
                 "--presence-rate",
-                str(presence_rate),
+                str(options.presence_rate),
                 "--message-rate",
-                str(message_rate),
+                str(options.message_rate),
                 "--churn",
-                str(churn),
+                str(options.churn),
                 "--seed",
-                str(seed),
+                str(options.seed),
                 "--log-level",
-                log_level,
+                options.log_level,
             ],
             {**env, "DZONE_SIM_BOT_TOKEN": DEMO_BOT_TOKEN},
         )
         needed = ("DZONE_DISCORD_API_BASE", "DZONE_DISCORD_GATEWAY_URL")
         demo_run.wait_until(
-            "the simulator's URLs", lambda: all(k in read_exports(sim.log) for k in needed), ready_timeout
+            "the simulator's URLs",
+            lambda: all(k in read_exports(sim.log) for k in needed),
+            options.ready_timeout,
         )
         exports = read_exports(sim.log)
         stats_url = exports["DZONE_DISCORD_API_BASE"].removesuffix("/api/v10") + "/_sim/stats"
-        demo_run.wait_until("the simulator's HTTP API", lambda: http_ok(stats_url), ready_timeout)
+        demo_run.wait_until("the simulator's HTTP API", lambda: http_ok(stats_url), options.ready_timeout)
         env.update({name: exports[name] for name in needed})
         env["DISCORD_BOT_TOKEN"] = DEMO_BOT_TOKEN
         progress.done(exports["DZONE_DISCORD_API_BASE"])
@@ -399,25 +401,25 @@ def run(
     demo_run.spawn("ingest", ["ingest"], env)
     if real_token:  # a real bot may be in any number of guilds, including none yet
         demo_run.wait_until(
-            "the ingest's first server", lambda: server_count(database_url) >= 1, ready_timeout
+            "the ingest's first server", lambda: server_count(database_url) >= 1, options.ready_timeout
         )
     else:
         demo_run.wait_until(
-            f"{guilds} servers in discord_servers",
-            lambda: server_count(database_url) >= guilds,
-            ready_timeout,
+            f"{options.guilds} servers in discord_servers",
+            lambda: server_count(database_url) >= options.guilds,
+            options.ready_timeout,
         )
     progress.done(f"{server_count(database_url)} servers")
 
-    progress.begin(f"serve: starting on {host}:{port}")
-    serve_args = ["serve", "--host", host, "--port", str(port)]
-    if static_dir:
-        serve_args += ["--static-dir", static_dir]
+    progress.begin(f"serve: starting on {options.host}:{options.port}")
+    serve_args = ["serve", "--host", options.host, "--port", str(options.port)]
+    if options.static_dir:
+        serve_args += ["--static-dir", options.static_dir]
     # One replica and nobody to hand viewers to: Ctrl-C closes them at once rather than draining.
     demo_run.spawn("serve", serve_args, {"DZONE_DRAIN_S": "0", **env})
-    shown_host = f"[{host}]" if ":" in host else host
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown_host}:{port}"
-    demo_run.wait_until(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), ready_timeout)
+    shown_host = f"[{options.host}]" if ":" in options.host else options.host
+    base = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else shown_host}:{options.port}"
+    demo_run.wait_until(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), options.ready_timeout)
     progress.done()
 
     pids = ", ".join(f"{c.name} {c.process.pid}" for c in demo_run.children)

@@ -8,9 +8,9 @@ import threading
 
 import click
 
+from dzone.localdb import LocalDBError, LocalPostgres
 from shared.db import migrate as run_migrations
 from shared.db import redacted
-from shared.localdb import LocalDBError, LocalPostgres
 from shared.settings import ConfigError, DatabaseSettings, load
 
 

@@ -1,0 +1,1 @@
+"""The ``dzone`` command line: the one package that imports everything (ingest, serve, simulator, shared)."""
