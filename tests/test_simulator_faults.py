@@ -294,7 +294,9 @@ async def test_duplicated_dispatches_arrive_twice() -> None:
         ("faults/duplicate-dispatches", {"seconds": "long"}),
     ],
 )
-async def test_fault_routes_refuse_bad_input(http: aiohttp.ClientSession, route: str, body: dict[str, Any]) -> None:
+async def test_fault_routes_refuse_bad_input(
+    http: aiohttp.ClientSession, route: str, body: dict[str, Any]
+) -> None:
     async with (
         Simulator(SimConfig(guild_sizes=[3])) as sim,
         http.post(f"{sim.control_base}/{route}", json=body) as response,
