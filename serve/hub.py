@@ -1,7 +1,8 @@
 """The core of the serve: servers and members in memory, viewers per server, and the relay.
 
 Data path: notification -> :meth:`Hub.on_feed_event` (sync, in commit order) -> update the server's
-members -> encode the presence/message frame once -> ``broadcast`` to that server's viewers.
+members -> encode the presence/message frame once -> queue it in :class:`serve.fanout.Fanout`, which writes
+each viewer once at the end of the loop iteration.
 A viewer joins in one synchronous step (leave old set, write server-join, enter new set), so no event of
 the new server can fall between its snapshot and its subscription, and none of the old one can follow.
 """
@@ -19,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
+from serve.fanout import Fanout
 from serve.frames import ConnectRequest, ProtocolError
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
@@ -104,6 +106,7 @@ class Hub:
         self.callbacks = callbacks
         self.identity = identity
         self.pool = pool
+        self.fanout = Fanout(metrics)
         self.directory: Directory | None = None
         self.states: dict[str, ServerState] = {}
         self.sessions: dict[ServerConnection, Session] = {}
@@ -224,6 +227,7 @@ class Hub:
         The d-zone client shows the alert and keeps its (now frozen) world: it does not reconnect-loop."""
         state = session.state
         assert state is not None
+        self.fanout.flush_server(state)  # what was queued before the cut precedes it, nothing after
         state.viewers.discard(session.ws)
         session.state, session.authenticated, session.user_id = None, False, None
         self.metrics.viewers_cut.inc()
@@ -318,9 +322,7 @@ class Hub:
         return frames.message_frame(state.key, uid, text, channel)
 
     def _send_to_viewers(self, state: ServerState, frame: bytes) -> None:
-        if state.viewers:
-            broadcast(state.viewers, frame, text=True)
-            self.metrics.frames_sent.inc(len(state.viewers))
+        self.fanout.send(state, frame)
 
     # ------------------------------------------------------------ reading members
 
@@ -535,7 +537,11 @@ class Hub:
             self._schedule_retry()
             return
         self._undefer(session)
+        # Frames queued this tick go to the viewers of before the switch: the snapshot already holds the
+        # new server's, and none of the old server may follow it.
+        self.fanout.flush_server(state)
         if session.state is not None:
+            self.fanout.flush_server(session.state)
             session.state.viewers.discard(session.ws)
         broadcast((session.ws,), frame, text=True)
         state.viewers.add(session.ws)
