@@ -42,6 +42,10 @@ from shared.settings import ServeSettings
 log = structlog.get_logger(__name__)
 
 JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (also on every drain)
+# Unsent bytes per address are summed over the address's sockets at most this often; in between, joins
+# charge what they write to the last sums (drains are not counted: conservative). Summing per join made a
+# storm of N joins from one address cost N x N (1,000 sockets behind one NAT or proxy).
+TOTALS_MAX_AGE_S = 0.02
 
 ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 ClientIdCallback = Callable[[str], Awaitable[str | None]]
@@ -124,6 +128,8 @@ class Hub:
         self.by_address: dict[str, set[Session]] = {}
         self._deferred: set[Session] = set()
         self._retry: asyncio.TimerHandle | None = None
+        self._totals: UnsentTotals | None = None
+        self._totals_at = 0.0
 
     @property
     def servers_from_db(self) -> bool:
@@ -529,7 +535,7 @@ class Hub:
             frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
             frame = state.join_frame(current, pending.client_id, max_users)
-        totals = totals if totals is not None else UnsentTotals(self)
+        totals = totals if totals is not None else self._recent_totals()
         if not totals.allow(session, len(frame)):
             if session not in self._deferred:
                 self.metrics.joins_deferred.inc()
@@ -553,6 +559,12 @@ class Hub:
     def _undefer(self, session: Session) -> None:
         session.pending = None
         self._deferred.discard(session)
+
+    def _recent_totals(self) -> UnsentTotals:
+        now = asyncio.get_running_loop().time()
+        if self._totals is None or now - self._totals_at > TOTALS_MAX_AGE_S:
+            self._totals, self._totals_at = UnsentTotals(self), now
+        return self._totals
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
