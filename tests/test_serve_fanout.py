@@ -357,3 +357,26 @@ async def test_a_slow_viewer_is_dropped_while_the_others_get_everything(database
             assert len(tuple(hub.viewers_of(A))) == 1
         finally:
             slow.close()
+
+
+async def test_an_access_cut_inside_a_burst_ends_the_servers_frames_at_the_cut(database_url, conn):
+    """One transaction renames A's members, makes A passworded, renames them again: an anonymous viewer
+    gets the first renames in order, then the access error, then nothing of A (the rest was queued in the
+    same loop iteration); its socket still joins B."""
+    from serve.frames import ERR_ACCESS_LOST
+
+    await seed(conn)
+    async with running(database_url) as server, Viewer.open(server) as viewer:
+        await viewer.expect("server-list")
+        await viewer.join(A)
+        async with conn.transaction():
+            await rename_all(conn, A, "c1-")
+            await conn.execute("UPDATE discord_servers SET passworded = true WHERE server_id = $1", A)
+            await rename_all(conn, A, "c2-")
+        got = await read_until(viewer, lambda fs: bool(fs) and fs[-1]["type"] == "error")
+        assert got[-1]["data"]["message"] == ERR_ACCESS_LOST
+        names = presence_names(got, A)  # each member once, all before the cut (order: the first test)
+        assert sorted(names) == [f"c1-{i:03d}" for i in range(1, MEMBERS + 1)]
+        await conn.execute("UPDATE discord_users SET status = 'idle' WHERE server_id = $1", A)
+        after = await viewer.connect(B)
+        assert after["type"] == "server-join", after  # the next frame: nothing of A came in between
