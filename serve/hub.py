@@ -43,8 +43,9 @@ log = structlog.get_logger(__name__)
 
 JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (also on every drain)
 # Unsent bytes per address are summed over the address's sockets at most this often; in between, joins
-# charge what they write to the last sums (drains are not counted: conservative). Summing per join made a
-# storm of N joins from one address cost N x N (1,000 sockets behind one NAT or proxy).
+# charge what they write to the last sums (drains are not counted: conservative), and a join those sums
+# refuse is decided again on exact ones. Summing per join made a storm of N joins from one address cost
+# N x N (1,000 sockets behind one NAT or proxy).
 TOTALS_MAX_AGE_S = 0.02
 
 ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
@@ -61,7 +62,7 @@ class Callbacks:
     client_id: ClientIdCallback | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """One socket: the server it views (None before its first join or after it lost access), its pacing,
     and how it was admitted there: ``authenticated`` passed a passworded check, as Discord user ``user_id``
@@ -535,7 +536,10 @@ class Hub:
             frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
             frame = state.join_frame(current, pending.client_id, max_users)
-        totals = totals if totals is not None else self._recent_totals()
+        if totals is None:
+            totals = self._recent_totals()
+            if not totals.allow(session, len(frame)):
+                totals = self._recent_totals(fresh=True)  # refused on old sums: decide on exact ones
         if not totals.allow(session, len(frame)):
             if session not in self._deferred:
                 self.metrics.joins_deferred.inc()
@@ -560,9 +564,9 @@ class Hub:
         session.pending = None
         self._deferred.discard(session)
 
-    def _recent_totals(self) -> UnsentTotals:
+    def _recent_totals(self, fresh: bool = False) -> UnsentTotals:
         now = asyncio.get_running_loop().time()
-        if self._totals is None or now - self._totals_at > TOTALS_MAX_AGE_S:
+        if fresh or self._totals is None or now - self._totals_at > TOTALS_MAX_AGE_S:
             self._totals, self._totals_at = UnsentTotals(self), now
         return self._totals
 
