@@ -536,11 +536,12 @@ class Hub:
             frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
             frame = state.join_frame(current, pending.client_id, max_users)
-        if totals is None:
-            totals = self._recent_totals()
-            if not totals.allow(session, len(frame)):
-                totals = self._recent_totals(fresh=True)  # refused on old sums: decide on exact ones
-        if not totals.allow(session, len(frame)):
+        allowed = (
+            totals.allow(session, len(frame))
+            if totals is not None
+            else self._fits_budget(session, len(frame))
+        )
+        if not allowed:
             if session not in self._deferred:
                 self.metrics.joins_deferred.inc()
                 self._deferred.add(session)
@@ -563,6 +564,12 @@ class Hub:
     def _undefer(self, session: Session) -> None:
         session.pending = None
         self._deferred.discard(session)
+
+    def _fits_budget(self, session: Session, size: int) -> bool:
+        """Decide on the recent sums; one they refuse is decided again on exact ones."""
+        return self._recent_totals().allow(session, size) or self._recent_totals(fresh=True).allow(
+            session, size
+        )
 
     def _recent_totals(self, fresh: bool = False) -> UnsentTotals:
         now = asyncio.get_running_loop().time()
