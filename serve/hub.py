@@ -20,11 +20,12 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
+from serve.admission import Admission, ValidateCallback
 from serve.fanout import Fanout
 from serve.frames import ConnectRequest, ProtocolError
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
-from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
+from serve.oauth import DiscordIdentity
 from serve.providers import ProviderError
 from serve.world import (
     Directory,
@@ -48,7 +49,6 @@ JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (
 # N x N (1,000 sockets behind one NAT or proxy).
 TOTALS_MAX_AGE_S = 0.02
 
-ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 ClientIdCallback = Callable[[str], Awaitable[str | None]]
 
 
@@ -112,6 +112,7 @@ class Hub:
         self.identity = identity
         self.pool = pool
         self.fanout = Fanout(metrics)
+        self.admission = Admission(settings, identity, callbacks, self.is_member)
         self.directory: Directory | None = None
         self.states: dict[str, ServerState] = {}
         self.sessions: dict[ServerConnection, Session] = {}
@@ -606,46 +607,7 @@ class Hub:
     ) -> tuple[str | None, str | None]:
         """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
         (the error text to send, None)."""
-        refusal, user_id = await self._check_token(info, request, address)
-        return refusal, (user_id if refusal is None else None)
-
-    async def _check_token(
-        self, info: ServerInfo, request: ConnectRequest, address: str
-    ) -> tuple[str | None, str | None]:
-        token = request.discord_token
-        if token is None:
-            return frames.ERR_AUTH_REQUIRED, None
-        if self.callbacks.validate_discord_user is not None:
-            try:
-                ok = await providers.call_provider(
-                    "on_validate_discord_user",
-                    self.callbacks.validate_discord_user(token, dict(request.discord_user or {}), info.key),
-                    self.settings.oauth_timeout_s,
-                )
-            except ProviderError as exc:
-                log.error("discord_validation_failed", server=info.key, error=str(exc))
-                return frames.ERR_AUTH_UNAVAILABLE, None
-            return (None if ok is True else frames.ERR_AUTH_FAILED), None
-        try:
-            user_id = await self.identity.user_id(token, address)
-        except AuthThrottled as exc:
-            log.debug("discord_auth_throttled", server=info.key, peer=address, reason=str(exc))
-            return frames.ERR_AUTH_THROTTLED, None
-        except AuthRejected as exc:
-            log.info("discord_auth_refused", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_FAILED, None
-        except AuthUnavailable as exc:
-            log.warning("discord_auth_unavailable", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_UNAVAILABLE, None
-        try:
-            member = await self.is_member(info.key, user_id)
-        except ProviderError as exc:
-            log.error("membership_check_failed", server=info.key, error=str(exc))
-            return frames.ERR_UNAVAILABLE, None
-        if not member:
-            log.info("discord_auth_not_member", server=info.key, user=user_id)
-            return frames.ERR_NOT_MEMBER, None
-        return None, user_id
+        return await self.admission.authorize(info, request, address)
 
     async def is_member(self, key: str, user_id: str) -> bool:
         if self.users_from_db:
