@@ -27,6 +27,7 @@ from serve.limits import Pacer
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
 from serve.providers import ProviderError
+from serve.sources import MemberSource, ServerSource, choose
 from serve.world import (
     Directory,
     Member,
@@ -105,12 +106,16 @@ class Hub:
         callbacks: Callbacks,
         identity: DiscordIdentity,
         pool: asyncpg.Pool | None,
+        sources: tuple[ServerSource, MemberSource] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.callbacks = callbacks
         self.identity = identity
         self.pool = pool
+        self.server_source, self.member_source = sources or choose(
+            callbacks.server_data, callbacks.user_data, pool, settings.provider_timeout_s
+        )
         self.fanout = Fanout(metrics)
         self.admission = Admission(settings, identity, callbacks, self.is_member)
         self.directory: Directory | None = None
@@ -135,11 +140,13 @@ class Hub:
 
     @property
     def servers_from_db(self) -> bool:
-        return self.callbacks.server_data is None
+        """The server list is cached and kept current by the change feed (else read on every use)."""
+        return self.server_source.live
 
     @property
     def users_from_db(self) -> bool:
-        return self.callbacks.user_data is None
+        """Members are cached and kept current by the change feed (else read on every join)."""
+        return self.member_source.live
 
     # ------------------------------------------------------------ directory
 
@@ -155,15 +162,9 @@ class Hub:
 
     async def _read_directory(self) -> Directory:
         try:
-            if self.callbacks.server_data is not None:
-                raw = await providers.call_provider(
-                    "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
-                )
-                servers = providers.validate_servers(raw)
-            else:
-                assert self.pool is not None
+            if self.servers_from_db:
                 self._server_events = []
-                servers = await providers.db_servers(self.pool)
+            servers = await self.server_source.servers()
         except ProviderError as exc:
             self.health.problems["servers"] = str(exc)
             log.error("server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None)
@@ -353,7 +354,7 @@ class Hub:
         if state.buffer is None:
             state.buffer = []  # from now on, events of this server wait for the read to finish
         try:
-            members = await self._read_members(key)
+            members = await self.member_source.members(key)
         except ProviderError as exc:
             self._abandon_read(state)
             self.health.problems[f"members:{key}"] = str(exc)
@@ -365,15 +366,6 @@ class Hub:
         self.health.problems.pop(f"members:{key}", None)
         self._finish_read(state, members)
         return state
-
-    async def _read_members(self, key: str) -> dict[str, Member]:
-        if self.callbacks.user_data is not None:
-            raw = await providers.call_provider(
-                f"on_get_user_data({key})", self.callbacks.user_data(key), self.settings.provider_timeout_s
-            )
-            return providers.validate_users(raw, key)
-        assert self.pool is not None
-        return await providers.db_members(self.pool, key)
 
     def _finish_read(self, state: ServerState, members: dict[str, Member]) -> None:
         """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), send viewers the diff."""
@@ -451,7 +443,7 @@ class Hub:
         self.metrics.connections.inc()
         try:
             directory = self.directory
-            if self.callbacks.server_data is not None or directory is None:
+            if not self.servers_from_db or directory is None:
                 directory = await self.refresh_directory()
             await ws.send(directory.list_frame, text=True)
             async for message in ws:
@@ -488,7 +480,7 @@ class Hub:
     async def join(self, session: Session, request: ConnectRequest) -> None:
         """Resolve, authorise, read if needed, then switch the socket in one synchronous step (rules 5-9)."""
         directory = self.directory
-        if self.callbacks.server_data is not None or directory is None:
+        if not self.servers_from_db or directory is None:
             try:
                 directory = await self.refresh_directory()
             except ProviderError:
@@ -610,9 +602,9 @@ class Hub:
         return await self.admission.authorize(info, request, address)
 
     async def is_member(self, key: str, user_id: str) -> bool:
-        if self.users_from_db:
-            assert self.pool is not None
-            return await providers.db_is_member(self.pool, key, user_id)
+        known = await self.member_source.is_member(key, user_id)
+        if known is not None:
+            return known
         state = await self.live_state(key)
         return user_id in state.members
 
