@@ -19,6 +19,7 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
+from serve.frames import text_frame
 from serve.metrics import ServeMetrics
 
 
@@ -26,16 +27,6 @@ class Audience(Protocol):
     """What the fan-out needs of a server: the sockets that view it now."""
 
     viewers: set[ServerConnection]
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final WebSocket text frame holding ``payload`` (RFC 6455 5.2; servers never mask)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 class Fanout:

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
 from serve.admission import Admission, ValidateCallback
-from serve.fanout import Fanout
+from serve.fanout import Fanout, write_frames
 from serve.frames import ConnectRequest, ProtocolError
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
@@ -445,7 +445,7 @@ class Hub:
             directory = self.directory
             if not self.servers_from_db or directory is None:
                 directory = await self.refresh_directory()
-            await ws.send(directory.list_frame, text=True)
+            write_frames(ws, directory.list_wire, (directory.list_wire,))  # framed once per list
             async for message in ws:
                 self.metrics.connect_requests.inc()
                 delay = session.pacer.delay()

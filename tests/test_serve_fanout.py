@@ -24,7 +24,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from serve.fanout import Fanout, text_frame
+from serve.fanout import Fanout
+from serve.frames import text_frame
 from serve.hub import PendingJoin
 from serve.metrics import ServeMetrics
 from shared.feed import FeedEvent, UserUpserted
