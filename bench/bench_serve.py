@@ -1,6 +1,6 @@
 """Benchmarks of ``dzone serve`` (they print figures; they are not tests).
 
-    .venv/bin/python bench/bench_serve.py fanout [--viewers 1000 5000] [--rate 50] [--seconds 10] [--tls]
+    .venv/bin/python bench/bench_serve.py fanout [--viewers 1000 5000] [--bursts 1 10 100] [--steady 100000] [--tls]
     .venv/bin/python bench/bench_serve.py join [--sizes 10 1000 10000]
     .venv/bin/python bench/bench_serve.py memory [--viewers 5000]
 
@@ -30,7 +30,7 @@ import asyncpg
 import orjson
 
 SERVER_KEY = "100000000000000001"
-FANOUT_MEMBERS = 50
+FANOUT_MEMBERS = 100  # a burst of 100 changes renames every member once
 # Every fan-out event has this shape and size (fixed-width ids and names, status stays "online"),
 # which lets most viewers count bytes instead of parsing frames.
 SAMPLE_FRAME = orjson.dumps(
@@ -82,6 +82,9 @@ def server_process(url: str, pipe: Any, overrides: dict[str, Any]) -> None:
             command = await loop.run_in_executor(None, pipe.recv)
             if command[0] == "stop":
                 break
+            if command[0] == "coalesce":  # the serve's own switch: coalesced or per-frame broadcast()
+                server._hub.fanout.coalesce = command[1]  # type: ignore[union-attr]
+                pipe.send(("coalesce", command[1]))
             if command[0] == "ceiling":
                 frames: list[bytes] = command[1]
                 viewers = list(server._hub.viewers_of(SERVER_KEY))  # type: ignore[union-attr]
@@ -281,97 +284,158 @@ def pct(values: list[float], p: float) -> float:
 
 # ---------------------------------------------------------------- (a) fan-out
 
+BURST_UPDATE = (
+    "UPDATE discord_users SET username = $2 || right(user_id, 3) WHERE server_id = $1 AND user_id = ANY($3)"
+)
 
-async def fanout_run(
-    url: str, port: int, pipe: Any, viewers_n: int, rate: float, seconds: float, tls: ssl.SSLContext | None
-) -> None:
-    probes = 20
-    viewers = await open_viewers(port, viewers_n, decode=probes, counting=True, tls=tls)
-    writer = await asyncpg.connect(url)
-    uids = [f"2{i:017d}" for i in range(FANOUT_MEMBERS)]
-    sent_at: dict[str, float] = {}
 
-    async def commit(seq: int) -> None:
-        # username carries the sequence number so probes can match deliveries to commits
-        name = f"s{seq:09d}"
-        sent_at[name] = time.perf_counter()
-        await writer.execute(
-            "UPDATE discord_users SET username = $3 WHERE server_id = $1 AND user_id = $2",
-            SERVER_KEY,
-            uids[seq % len(uids)],
-            name,
-        )
+def cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    async def wait_delivered(total_per_viewer: int, base: list[int], timeout: float = 60) -> float:
+
+class Cpu:
+    """CPU seconds of the server process and of this (client) process over one measurement."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self._server = psutil.Process(server_pid)
+        self._start = (self._server_cpu(), cpu_self())
+
+    def _server_cpu(self) -> float:
+        times = self._server.cpu_times()
+        return float(times.user + times.system)
+
+    def spent(self) -> tuple[float, float]:
+        return self._server_cpu() - self._start[0], cpu_self() - self._start[1]
+
+
+class FanoutBench:
+    """One serve process and its viewers: the bare broadcast() ceiling, saturation through the database at a
+    burst size, and latency at a steady rate, with the serve's coalesced or per-frame path (``path``)."""
+
+    def __init__(self, url: str, port: int, pid: int, pipe: Any, viewers: list[RawViewer]) -> None:
+        self.url, self.port, self.pid, self.pipe, self.viewers = url, port, pid, pipe, viewers
+        self.uids = [f"2{i:017d}" for i in range(FANOUT_MEMBERS)]
+        self.commits = 0  # every commit renames to a new name: no update is a no-op
+
+    def delivered(self) -> list[int]:
+        return [v.delivered(FRAME_LEN) for v in self.viewers]
+
+    async def wait_delivered(self, per_viewer: int, base: list[int], timeout: float = 180) -> float:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
-            if all(
-                v.delivered(FRAME_LEN) - b >= total_per_viewer for v, b in zip(viewers, base, strict=True)
-            ):
+            if all(d - b >= per_viewer for d, b in zip(self.delivered(), base, strict=True)):
                 return time.perf_counter()
             await asyncio.sleep(0.005)
         raise TimeoutError("deliveries incomplete")
 
-    burst = max(200, int(40_000 / viewers_n * 10))
+    async def set_path(self, coalesce: bool) -> None:
+        self.pipe.send(("coalesce", coalesce))
+        await asyncio.to_thread(self.pipe.recv)
+
+    async def ceiling(self, frames: int) -> tuple[float, tuple[float, float]]:
+        base, cpu = self.delivered(), Cpu(self.pid)
+        started = time.perf_counter()
+        self.pipe.send(("ceiling", [SAMPLE_FRAME] * frames))
+        done = await self.wait_delivered(frames, base)
+        await asyncio.to_thread(self.pipe.recv)
+        return frames * len(self.viewers) / (done - started), cpu.spent()
+
+    async def saturate(
+        self, writers: list[asyncpg.Connection], frames: int, burst: int
+    ) -> tuple[float, tuple[float, float]]:
+        """``frames`` changes per viewer, committed ``burst`` rows per transaction by the writers at once."""
+        transactions = frames // burst
+        first = self.commits
+        self.commits += transactions
+        base, cpu = self.delivered(), Cpu(self.pid)
+        started = time.perf_counter()
+
+        async def write(conn: asyncpg.Connection, offset: int) -> None:
+            for k in range(offset, transactions, len(writers)):
+                at = (k * burst) % FANOUT_MEMBERS
+                await conn.execute(BURST_UPDATE, SERVER_KEY, f"b{first + k:06d}", self.uids[at : at + burst])
+
+        await asyncio.gather(*(write(c, i) for i, c in enumerate(writers)))
+        done = await self.wait_delivered(transactions * burst, base)
+        return transactions * burst * len(self.viewers) / (done - started), cpu.spent()
+
+    async def steady(
+        self, writer: asyncpg.Connection, per_s: float, seconds: float, probes: list[RawViewer]
+    ) -> tuple[list[float], tuple[float, float]]:
+        """One-row commits at ``per_s``; latency from just before COMMIT to arrival at the probe viewers."""
+        sent_at: dict[str, float] = {}
+        for v in probes:
+            v.payloads.clear()
+        n = int(per_s * seconds)
+        base, cpu = self.delivered(), Cpu(self.pid)
+        started = time.perf_counter()
+        for seq in range(n):
+            name = f"s{self.commits % 10**6:06d}"
+            self.commits += 1
+            uid = self.uids[seq % FANOUT_MEMBERS]
+            sent_at[name + uid[-3:]] = time.perf_counter()
+            await writer.execute(BURST_UPDATE, SERVER_KEY, name, [uid])
+            delay = started + (seq + 1) / per_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await self.wait_delivered(n, base)
+        spent = cpu.spent()
+        latencies = [
+            (received - sent_at[orjson.loads(payload)["data"]["username"]]) * 1000
+            for v in probes
+            for received, payload in v.payloads
+        ]
+        return latencies, spent
+
+
+def _cpu(spent: tuple[float, float]) -> str:
+    return f"cpu server {spent[0]:.2f}s client {spent[1]:.2f}s"
+
+
+async def fanout_run(
+    url: str,
+    port: int,
+    pid: int,
+    pipe: Any,
+    viewers_n: int,
+    bursts: list[int],
+    steady_deliveries: float,
+    seconds: float,
+    tls: ssl.SSLContext | None,
+) -> None:
+    probes = 20
+    viewers = await open_viewers(port, viewers_n, decode=probes, counting=True, tls=tls)
+    bench = FanoutBench(url, port, pid, pipe, viewers)
     writers = [await asyncpg.connect(url) for _ in range(4)]
-    # 1) the ceiling: bare broadcast() of same-sized frames to the same sockets, inside the server process
-    frame = SAMPLE_FRAME
-    base = [v.delivered(FRAME_LEN) for v in viewers]
-    started = time.perf_counter()
-    pipe.send(("ceiling", [frame] * burst))
-    done = await wait_delivered(burst, base, timeout=120)
-    ceiling_rate = burst * viewers_n / (done - started)
-    _tag, server_side_s, _n = await asyncio.to_thread(pipe.recv)
-    # 2) saturation through the database: four writers as fast as they can
-    base = [v.delivered(FRAME_LEN) for v in viewers]
-    started = time.perf_counter()
-
-    async def write_many(conn: asyncpg.Connection, offset: int) -> None:
-        for seq in range(offset, burst, 4):
-            await (
-                conn.execute(  # a new name every time: every update is a real change (no-ops notify nothing)
-                    "UPDATE discord_users SET username = $3 WHERE server_id = $1 AND user_id = $2",
-                    SERVER_KEY,
-                    uids[seq % len(uids)],
-                    f"b{seq:09d}",
-                )
+    frames = max(100, 500_000 // viewers_n // 100 * 100)  # per viewer and run: ~500k deliveries
+    label = f"fanout{' tls' if tls else ''} viewers={viewers_n:5d}"
+    rate, spent = await bench.ceiling(frames)
+    print(
+        f"{label}  bare broadcast() server, one frame per iteration: {rate:>11,.0f} deliveries/s  {_cpu(spent)}"
+    )
+    for coalesce in (True, False):
+        await bench.set_path(coalesce)
+        path = "coalesced" if coalesce else "per-frame broadcast()"
+        for burst in bursts:
+            rate, spent = await bench.saturate(writers, frames, burst)
+            print(
+                f"{label}  {path:>21}, {burst:3d} changes per transaction: {rate:>11,.0f} deliveries/s  {_cpu(spent)}"
             )
-
-    await asyncio.gather(*(write_many(c, i) for i, c in enumerate(writers)))
-    done = await wait_delivered(burst, base, timeout=120)
-    feed_rate = burst * viewers_n / (done - started)
-
-    # 3) steady rate (auto: a third of the measured ceiling): latency commit -> viewer
-    base = [v.delivered(FRAME_LEN) for v in viewers]
-    for v in viewers[:probes]:
-        v.payloads.clear()
-    if rate <= 0:
-        rate = max(1.0, ceiling_rate / 3 / viewers_n)
-    n = int(rate * seconds)
-    started = time.perf_counter()
-    for seq in range(n):
-        await commit(seq)
-        delay = started + (seq + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await wait_delivered(n, base)
-    latencies = []
-    for v in viewers[:probes]:
-        for received, payload in v.payloads:
-            name = orjson.loads(payload)["data"]["username"]
-            latencies.append((received - sent_at[name]) * 1000)
-
-    for c in [writer, *writers]:
+        per_s = steady_deliveries / viewers_n
+        latencies, spent = await bench.steady(writers[0], per_s, seconds, viewers[:probes])
+        print(
+            f"{label}  {path:>21}, steady {steady_deliveries:,.0f} deliveries/s ({per_s:g} commits/s x {seconds:g}s):"
+            f" commit->viewer p50={pct(latencies, 50):.1f} ms p99={pct(latencies, 99):.1f} ms (n={len(latencies)})"
+            f"  {_cpu(spent)}"
+        )
+    for c in writers:
         await c.close()
     for v in viewers:
         assert v.transport is not None
         v.transport.close()
-    print(f"  (bare broadcast inside the server took {server_side_s:.2f}s for {burst} frames)")
-    print(
-        f"fanout{' tls' if tls else ''} viewers={viewers_n:5d}  steady {rate:g}/s x {seconds:g}s: latency p50={pct(latencies, 50):.1f} ms "
-        f"p99={pct(latencies, 99):.1f} ms (n={len(latencies)})  |  saturated: {feed_rate:,.0f} deliveries/s via "
-        f"PostgreSQL vs {ceiling_rate:,.0f}/s bare broadcast = {100 * feed_rate / ceiling_rate:.0f}% of ceiling"
-    )
 
 
 @contextlib.contextmanager
@@ -393,8 +457,8 @@ def fanout(args: argparse.Namespace) -> None:
     with database() as url, test_certificate(args.tls) as (tls_settings, tls):
         asyncio.run(seed(url, FANOUT_MEMBERS))
         for n in args.viewers:
-            with serve_process(url, **tls_settings) as (port, _pid, pipe):
-                asyncio.run(fanout_run(url, port, pipe, n, args.rate, args.seconds, tls))
+            with serve_process(url, **tls_settings) as (port, pid, pipe):
+                asyncio.run(fanout_run(url, port, pid, pipe, n, args.bursts, args.steady, args.seconds, tls))
 
 
 # ---------------------------------------------------------------- (b) join
@@ -477,8 +541,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fanout")
     p.add_argument("--viewers", type=int, nargs="+", default=[1000, 5000])
-    p.add_argument("--rate", type=float, default=0.0, help="steady commits/s (0: a third of the ceiling)")
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--bursts", type=int, nargs="+", default=[1, 10, 100], help="changes per transaction")
+    p.add_argument("--steady", type=float, default=100_000, help="deliveries/s of the latency run")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of the latency run")
     p.add_argument("--tls", action="store_true", help="viewers over wss:// (native TLS, a test certificate)")
     p.set_defaults(run=fanout)
     p = sub.add_parser("join")

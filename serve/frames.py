@@ -124,3 +124,13 @@ def client_id_frame(server_key: str, client_id: str) -> bytes:
 def cap_message(text: str, max_chars: int) -> str:
     """Message text as a bubble shows it: on one line, at most ``max_chars`` characters (rule 12)."""
     return _LINE_BREAKS.sub(" ", text)[:max_chars]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame holding ``payload`` (RFC 6455 5.2; servers never mask)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload

@@ -1,7 +1,8 @@
 """The core of the serve: servers and members in memory, viewers per server, and the relay.
 
 Data path: notification -> :meth:`Hub.on_feed_event` (sync, in commit order) -> update the server's
-members -> encode the presence/message frame once -> ``broadcast`` to that server's viewers.
+members -> encode the presence/message frame once -> queue it in :class:`serve.fanout.Fanout`, which writes
+each viewer once at the end of the loop iteration.
 A viewer joins in one synchronous step (leave old set, write server-join, enter new set), so no event of
 the new server can fall between its snapshot and its subscription, and none of the old one can follow.
 """
@@ -19,11 +20,14 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
+from serve.admission import Admission, ValidateCallback
+from serve.fanout import Fanout, write_frames
 from serve.frames import ClientFrameError, ConnectRequest
 from serve.limits import Pacer
 from serve.metrics import ServeMetrics
-from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
+from serve.oauth import DiscordIdentity
 from serve.providers import ProviderError
+from serve.sources import MemberSource, ServerSource, choose
 from serve.world import (
     Directory,
     Member,
@@ -40,8 +44,12 @@ from shared.settings import ServeSettings
 log = structlog.get_logger(__name__)
 
 JOIN_RETRY_S = 0.05  # how soon a join waiting for write budget is tried again (also on every drain)
+# Unsent bytes per address are summed over the address's sockets at most this often; in between, joins
+# charge what they write to the last sums (drains are not counted: conservative), and a join those sums
+# refuse is decided again on exact ones. Summing per join made a storm of N joins from one address cost
+# N x N (1,000 sockets behind one NAT or proxy).
+TOTALS_MAX_AGE_S = 0.02
 
-ValidateCallback = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 ClientIdCallback = Callable[[str], Awaitable[str | None]]
 
 
@@ -55,7 +63,7 @@ class Callbacks:
     client_id: ClientIdCallback | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """One socket: the server it views (None before its first join or after it lost access), its pacing,
     and how it was admitted there: ``authenticated`` passed a passworded check, as Discord user ``user_id``
@@ -98,12 +106,18 @@ class Hub:
         callbacks: Callbacks,
         identity: DiscordIdentity,
         pool: asyncpg.Pool | None,
+        sources: tuple[ServerSource, MemberSource] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.callbacks = callbacks
         self.identity = identity
         self.pool = pool
+        self.server_source, self.member_source = sources or choose(
+            callbacks.server_data, callbacks.user_data, pool, settings.provider_timeout_s
+        )
+        self.fanout = Fanout(metrics)
+        self.admission = Admission(settings, identity, callbacks, self.is_member)
         self.directory: Directory | None = None
         self.states: dict[str, ServerState] = {}
         self.sessions: dict[ServerConnection, Session] = {}
@@ -121,14 +135,18 @@ class Hub:
         self.by_address: dict[str, set[Session]] = {}
         self._deferred: set[Session] = set()
         self._retry: asyncio.TimerHandle | None = None
+        self._totals: UnsentTotals | None = None
+        self._totals_at = 0.0
 
     @property
     def servers_from_db(self) -> bool:
-        return self.callbacks.server_data is None
+        """The server list is cached and kept current by the change feed (else read on every use)."""
+        return self.server_source.live
 
     @property
     def users_from_db(self) -> bool:
-        return self.callbacks.user_data is None
+        """Members are cached and kept current by the change feed (else read on every join)."""
+        return self.member_source.live
 
     # ------------------------------------------------------------ directory
 
@@ -144,15 +162,9 @@ class Hub:
 
     async def _read_directory(self) -> Directory:
         try:
-            if self.callbacks.server_data is not None:
-                raw = await providers.call_provider(
-                    "on_get_server_data", self.callbacks.server_data(), self.settings.provider_timeout_s
-                )
-                servers = providers.validate_servers(raw)
-            else:
-                assert self.pool is not None
+            if self.servers_from_db:
                 self._server_events = []
-                servers = await providers.db_servers(self.pool)
+            servers = await self.server_source.servers()
         except ProviderError as exc:
             self.health.problems["servers"] = str(exc)
             log.error("server_list_read_failed", error=str(exc), keeping_last_good=self.directory is not None)
@@ -224,6 +236,7 @@ class Hub:
         The d-zone client shows the alert and keeps its (now frozen) world: it does not reconnect-loop."""
         state = session.state
         assert state is not None
+        self.fanout.flush_server(state)  # what was queued before the cut precedes it, nothing after
         state.viewers.discard(session.ws)
         session.state, session.authenticated, session.user_id = None, False, None
         self.metrics.viewers_cut.inc()
@@ -322,9 +335,7 @@ class Hub:
         return frames.message_frame(state.key, uid, text, channel)
 
     def _send_to_viewers(self, state: ServerState, frame: bytes) -> None:
-        if state.viewers:
-            broadcast(state.viewers, frame, text=True)
-            self.metrics.frames_sent.inc(len(state.viewers))
+        self.fanout.send(state, frame)
 
     # ------------------------------------------------------------ reading members
 
@@ -347,7 +358,7 @@ class Hub:
         if state.buffer is None:
             state.buffer = []  # from now on, events of this server wait for the read to finish
         try:
-            members = await self._read_members(key)
+            members = await self.member_source.members(key)
         except ProviderError as exc:
             self._abandon_read(state)
             self.health.problems[f"members:{key}"] = str(exc)
@@ -359,15 +370,6 @@ class Hub:
         self.health.problems.pop(f"members:{key}", None)
         self._finish_read(state, members)
         return state
-
-    async def _read_members(self, key: str) -> dict[str, Member]:
-        if self.callbacks.user_data is not None:
-            raw = await providers.call_provider(
-                f"on_get_user_data({key})", self.callbacks.user_data(key), self.settings.provider_timeout_s
-            )
-            return providers.validate_users(raw, key)
-        assert self.pool is not None
-        return await providers.db_members(self.pool, key)
 
     def _finish_read(self, state: ServerState, members: dict[str, Member]) -> None:
         """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), send viewers the diff."""
@@ -445,9 +447,9 @@ class Hub:
         self.metrics.connections.inc()
         try:
             directory = self.directory
-            if self.callbacks.server_data is not None or directory is None:
+            if not self.servers_from_db or directory is None:
                 directory = await self.refresh_directory()
-            await ws.send(directory.list_frame, text=True)
+            write_frames(ws, directory.list_wire, (directory.list_wire,))  # framed once per list
             async for message in ws:
                 self.metrics.connect_requests.inc()
                 delay = session.pacer.delay()
@@ -482,7 +484,7 @@ class Hub:
     async def join(self, session: Session, request: ConnectRequest) -> None:
         """Resolve, authorise, read if needed, then switch the socket in one synchronous step (rules 5-9)."""
         directory = self.directory
-        if self.callbacks.server_data is not None or directory is None:
+        if not self.servers_from_db or directory is None:
             try:
                 directory = await self.refresh_directory()
             except ProviderError:
@@ -531,15 +533,23 @@ class Hub:
             frame = encode_join(current, state.members, pending.client_id, max_users)
         else:
             frame = state.join_frame(current, pending.client_id, max_users)
-        totals = totals if totals is not None else UnsentTotals(self)
-        if not totals.allow(session, len(frame)):
+        allowed = (
+            totals.allow(session, len(frame))
+            if totals is not None
+            else self._fits_budget(session, len(frame))
+        )
+        if not allowed:
             if session not in self._deferred:
                 self.metrics.joins_deferred.inc()
                 self._deferred.add(session)
             self._schedule_retry()
             return
         self._undefer(session)
+        # Frames queued this tick go to the viewers of before the switch: the snapshot already holds the
+        # new server's, and none of the old server may follow it.
+        self.fanout.flush_server(state)
         if session.state is not None:
+            self.fanout.flush_server(session.state)
             session.state.viewers.discard(session.ws)
         broadcast((session.ws,), frame, text=True)
         state.viewers.add(session.ws)
@@ -551,6 +561,18 @@ class Hub:
     def _undefer(self, session: Session) -> None:
         session.pending = None
         self._deferred.discard(session)
+
+    def _fits_budget(self, session: Session, size: int) -> bool:
+        """Decide on the recent sums; one they refuse is decided again on exact ones."""
+        return self._recent_totals().allow(session, size) or self._recent_totals(fresh=True).allow(
+            session, size
+        )
+
+    def _recent_totals(self, fresh: bool = False) -> UnsentTotals:
+        now = asyncio.get_running_loop().time()
+        if fresh or self._totals is None or now - self._totals_at > TOTALS_MAX_AGE_S:
+            self._totals, self._totals_at = UnsentTotals(self), now
+        return self._totals
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
@@ -581,51 +603,12 @@ class Hub:
     ) -> tuple[str | None, str | None]:
         """(None, Discord user id or None) if the socket may join passworded ``info`` (rule 17), else
         (the error text to send, None)."""
-        refusal, user_id = await self._check_token(info, request, address)
-        return refusal, (user_id if refusal is None else None)
-
-    async def _check_token(
-        self, info: ServerInfo, request: ConnectRequest, address: str
-    ) -> tuple[str | None, str | None]:
-        token = request.discord_token
-        if token is None:
-            return frames.ERR_AUTH_REQUIRED, None
-        if self.callbacks.validate_discord_user is not None:
-            try:
-                ok = await providers.call_provider(
-                    "on_validate_discord_user",
-                    self.callbacks.validate_discord_user(token, dict(request.discord_user or {}), info.key),
-                    self.settings.oauth_timeout_s,
-                )
-            except ProviderError as exc:
-                log.error("discord_validation_failed", server=info.key, error=str(exc))
-                return frames.ERR_AUTH_UNAVAILABLE, None
-            return (None if ok is True else frames.ERR_AUTH_FAILED), None
-        try:
-            user_id = await self.identity.user_id(token, address)
-        except AuthThrottled as exc:
-            log.debug("discord_auth_throttled", server=info.key, peer=address, reason=str(exc))
-            return frames.ERR_AUTH_THROTTLED, None
-        except AuthRejected as exc:
-            log.info("discord_auth_refused", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_FAILED, None
-        except AuthUnavailable as exc:
-            log.warning("discord_auth_unavailable", server=info.key, reason=str(exc))
-            return frames.ERR_AUTH_UNAVAILABLE, None
-        try:
-            member = await self.is_member(info.key, user_id)
-        except ProviderError as exc:
-            log.error("membership_check_failed", server=info.key, error=str(exc))
-            return frames.ERR_UNAVAILABLE, None
-        if not member:
-            log.info("discord_auth_not_member", server=info.key, user=user_id)
-            return frames.ERR_NOT_MEMBER, None
-        return None, user_id
+        return await self.admission.authorize(info, request, address)
 
     async def is_member(self, key: str, user_id: str) -> bool:
-        if self.users_from_db:
-            assert self.pool is not None
-            return await providers.db_is_member(self.pool, key, user_id)
+        known = await self.member_source.is_member(key, user_id)
+        if known is not None:
+            return known
         state = await self.live_state(key)
         return user_id in state.members
 

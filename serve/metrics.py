@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class ServeMetrics:
@@ -23,6 +26,29 @@ class ServeMetrics:
         self.join_errors = Counter("dzone_serve_errors_total", "error frames sent", registry=r)
         self.frames_sent = Counter(
             "dzone_serve_event_deliveries_total", "Event frames delivered to viewers", registry=r
+        )
+        self.queue_to_write = Histogram(
+            "dzone_serve_notification_to_write_seconds",
+            "From an event frame being queued (its notification handled) to its write to the viewers",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.coalesced_writes = Counter(
+            "dzone_serve_coalesced_writes_total",
+            "Socket writes carrying one server's frames of a tick",
+            registry=r,
+        )
+        self.frames_per_write = Histogram(
+            "dzone_serve_frames_per_write",
+            "Frames joined into one write per viewer",
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.flush_servers = Histogram(
+            "dzone_serve_flush_servers",
+            "Servers written per end-of-tick flush",
+            buckets=COUNT_BUCKETS,
+            registry=r,
         )
         self.notifications = Counter(
             "dzone_serve_notifications_total", "Change-feed notifications", registry=r

@@ -48,6 +48,7 @@ class Directory:
         self.list_frame: bytes = frames.encode(
             {"type": "server-list", "data": {s.key: s.list_entry() for s in self.servers}}
         )
+        self.list_wire: bytes = frames.text_frame(self.list_frame)  # as written to every socket that opens
 
     def with_server(self, key: str, info: ServerInfo | None) -> Directory:
         """This directory with server ``key`` replaced by ``info`` (None: removed), in the database's order."""
