@@ -33,6 +33,7 @@ class MemberRow(NamedTuple):
     username: str
     status: str
     role_color: str
+    role_ids: str = ""  # the member's role ids, comma-separated (the visibility rules need them)
 
 
 class RoleView(NamedTuple):

@@ -33,22 +33,24 @@ __all__ = [
     "WRITE_MEMBERS",
 ]
 
-# $1..$5: upserted rows as parallel arrays; $6, $7: deleted (server_id, user_id) pairs.
+# $1..$6: upserted rows as parallel arrays (role ids comma-separated: arrays cannot be ragged);
+# $7, $8: deleted (server_id, user_id) pairs.
 WRITE_MEMBERS = """
 WITH gone AS (
     DELETE FROM discord_users u
-    USING unnest($6::text[], $7::text[]) AS d(server_id, user_id)
+    USING unnest($7::text[], $8::text[]) AS d(server_id, user_id)
     WHERE u.server_id = d.server_id AND u.user_id = d.user_id
 )
-INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
-SELECT r.server_id, r.user_id, r.username, r.status, r.role_color
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-     AS r(server_id, user_id, username, status, role_color)
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
+SELECT r.server_id, r.user_id, r.username, r.status, r.role_color, string_to_array(r.role_ids, ',')
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS r(server_id, user_id, username, status, role_color, role_ids)
 WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
-    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
-    WHERE (u.username, u.status, u.role_color)
-          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
+        role_ids = EXCLUDED.role_ids
+    WHERE (u.username, u.status, u.role_color, u.role_ids)
+          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color, EXCLUDED.role_ids)
 """
 
 # The channels of some guilds ($5) become exactly the rows given ($1..$4): vanished ones are deleted, the
@@ -74,7 +76,7 @@ CHANNELS_CLOSE = "UPDATE discord_channels SET public = FALSE WHERE server_id = A
 
 # Chat is announced, never stored: only for servers whose operator left relay on, and only from channels
 # whose row says so (the operator's `relay`, else the ingest's `public`); a channel without a row is not
-# relayed. Checked here, at the flush, so an operator's change counts from its commit. ORDER BY keeps the
+# relayed; nor is a member's whom the visibility rules hide. Checked here, at the flush, so an operator's change counts from its commit. ORDER BY keeps the
 # batch's order: PostgreSQL evaluates volatile target-list functions after the sort.
 RELAY_MESSAGES = """
 SELECT dzone_notify_message(m.server_id, m.user_id, m.channel_id, m.message_id, m.text)
@@ -83,6 +85,9 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORD
 JOIN discord_servers s ON s.server_id = m.server_id AND s.relay_messages
 JOIN discord_channels c ON c.server_id = m.server_id AND c.channel_id = m.channel_id
      AND coalesce(c.relay, c.public)
+WHERE NOT EXISTS (
+    SELECT 1 FROM discord_users u WHERE u.server_id = m.server_id AND u.user_id = m.user_id AND u.hidden
+)
 ORDER BY m.ord
 """
 
@@ -95,7 +100,8 @@ ON CONFLICT (server_id) DO UPDATE SET name = EXCLUDED.name, departed_at = NULL, 
 SYNC_TEMP_TABLE = "dzone_sync_members"
 SYNC_CREATE_TEMP = f"""
 CREATE TEMP TABLE {SYNC_TEMP_TABLE} (
-    user_id text PRIMARY KEY, username text NOT NULL, status text NOT NULL, role_color text NOT NULL
+    user_id text PRIMARY KEY, username text NOT NULL, status text NOT NULL, role_color text NOT NULL,
+    role_ids text NOT NULL
 ) ON COMMIT DROP
 """
 
@@ -107,7 +113,8 @@ CREATE TEMP TABLE {SYNC_CHANGED_TABLE} ON COMMIT DROP AS
 SELECT t.* FROM {SYNC_TEMP_TABLE} t
 LEFT JOIN discord_users u ON u.server_id = $1 AND u.user_id = t.user_id
 WHERE u.user_id IS NULL
-   OR (u.username, u.status, u.role_color) IS DISTINCT FROM (t.username, t.status, t.role_color)
+   OR (u.username, u.status, u.role_color, u.role_ids)
+      IS DISTINCT FROM (t.username, t.status, t.role_color, string_to_array(t.role_ids, ','))
 """
 
 # Stored rows of members the snapshot no longer has (deleted by SYNC_DELETE_DEPARTED when any).
@@ -117,12 +124,14 @@ WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t
 """
 
 SYNC_UPSERT = f"""
-INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
-SELECT $1, t.user_id, t.username, t.status, t.role_color FROM {SYNC_CHANGED_TABLE} t
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
+SELECT $1, t.user_id, t.username, t.status, t.role_color, string_to_array(t.role_ids, ',')
+FROM {SYNC_CHANGED_TABLE} t
 ON CONFLICT (user_id, server_id) DO UPDATE
-    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
-    WHERE (u.username, u.status, u.role_color)
-          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
+        role_ids = EXCLUDED.role_ids
+    WHERE (u.username, u.status, u.role_color, u.role_ids)
+          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color, EXCLUDED.role_ids)
 """
 
 SYNC_DELETE_DEPARTED = f"""

@@ -45,7 +45,7 @@ async def write_members(
 ) -> int:
     """Upsert and delete member rows in one statement; returns how many rows the schema refused."""
     try:
-        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 5), *columns(deletes, 2))
+        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 6), *columns(deletes, 2))
     except ROW_ERRORS as exc:
         # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
         log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(upserts) + len(deletes))
@@ -61,7 +61,7 @@ async def _write_one_by_one(
     items += [([], [pair]) for pair in deletes]
     for rows, pairs in items:
         try:
-            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 5), *columns(pairs, 2))
+            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 6), *columns(pairs, 2))
         except ROW_ERRORS as exc:
             rejected += 1
             log.error(
@@ -109,7 +109,7 @@ async def full_sync(
         await conn.copy_records_to_table(
             queries.SYNC_TEMP_TABLE,
             records=(row[1:] for row in rows),
-            columns=("user_id", "username", "status", "role_color"),
+            columns=("user_id", "username", "status", "role_color", "role_ids"),
         )
         await conn.execute(f"ANALYZE {queries.SYNC_TEMP_TABLE}")
         changed = int((await conn.execute(queries.SYNC_CREATE_CHANGED, server_id)).rsplit(" ", 1)[-1])
