@@ -104,22 +104,23 @@ $$;
 CREATE TRIGGER discord_visibility_changed AFTER INSERT OR UPDATE OR DELETE ON discord_visibility
     FOR EACH ROW EXECUTE FUNCTION dzone_visibility_changed();
 
--- A role's name matters only where a role rule exists: other servers are not scanned.
+-- A role's name matters only where a role rule exists: other servers are not scanned. Per statement, so
+-- a sync that writes a guild's 250 roles recomputes that server once.
 CREATE FUNCTION dzone_roles_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_server_id text := CASE WHEN TG_OP = 'DELETE' THEN OLD.server_id ELSE NEW.server_id END;
 BEGIN
-    IF EXISTS (SELECT 1 FROM discord_visibility WHERE server_id = v_server_id AND rule <> 'hide_user') THEN
-        PERFORM dzone_recompute_hidden(v_server_id);
-    END IF;
+    PERFORM dzone_recompute_hidden(c.server_id)
+    FROM (SELECT DISTINCT server_id FROM changed_roles) c
+    WHERE EXISTS (SELECT 1 FROM discord_visibility v WHERE v.server_id = c.server_id AND v.rule <> 'hide_user');
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER discord_roles_changed_insert_delete AFTER INSERT OR DELETE ON discord_roles
-    FOR EACH ROW EXECUTE FUNCTION dzone_roles_changed();
-CREATE TRIGGER discord_roles_changed_update AFTER UPDATE ON discord_roles
-    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION dzone_roles_changed();
+CREATE TRIGGER discord_roles_inserted AFTER INSERT ON discord_roles
+    REFERENCING NEW TABLE AS changed_roles FOR EACH STATEMENT EXECUTE FUNCTION dzone_roles_changed();
+CREATE TRIGGER discord_roles_updated AFTER UPDATE ON discord_roles
+    REFERENCING NEW TABLE AS changed_roles FOR EACH STATEMENT EXECUTE FUNCTION dzone_roles_changed();
+CREATE TRIGGER discord_roles_deleted AFTER DELETE ON discord_roles
+    REFERENCING OLD TABLE AS changed_roles FOR EACH STATEMENT EXECUTE FUNCTION dzone_roles_changed();
 """
 
 # Hidden rows announce nothing; a row turning hidden is a delete, turning visible an upsert. An update
