@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 import structlog
@@ -441,7 +441,7 @@ class Writer:
         delay = self._backoff_delay()
         if first or changed or now - self._last_failure_log >= self.config.failure_log_interval_s:
             self._last_failure_log = now
-            fields: dict[str, Any] = {
+            fields: dict[str, object] = {
                 "error": _describe(exc),
                 "permanent": isinstance(exc, PERMANENT_ERRORS),
                 "outage_s": round(now - started, 2),
