@@ -23,7 +23,7 @@ import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import discord
 import structlog
@@ -177,7 +177,7 @@ class IngestClient(discord.AutoShardedClient):
         return shard_of(int(server_id), self.shard_count) in self.shard_ids
 
     # --- dispatch -------------------------------------------------------------------------------------
-    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+    def dispatch(self, event: str, /, *args: object, **kwargs: object) -> None:
         if event == "socket_event_type":
             return  # discord.py's notice of every frame, for on_socket_event_type listeners: we have none
         self.event_counts[event] += 1
@@ -195,7 +195,7 @@ class IngestClient(discord.AutoShardedClient):
                 )
         super().dispatch(event, *args, **kwargs)
 
-    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+    async def on_error(self, event_method: str, /, *args: object, **kwargs: object) -> None:
         """discord.py's own handler errors (coroutine handlers, parsers) go to our log with context."""
         log.exception("discord_handler_failed", handler_event=event_method, context=_context(args))
 
