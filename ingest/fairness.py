@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from discord.gateway import DiscordWebSocket
 
@@ -25,7 +24,7 @@ def install_cooperative_yield(max_stretch_s: float = 0.005) -> None:
     if getattr(original, "_dzone_yields", False):
         return
 
-    async def received_message(self: DiscordWebSocket, msg: Any, /) -> None:
+    async def received_message(self: DiscordWebSocket, msg: object, /) -> None:
         await original(self, msg)
         now = time.perf_counter()
         if now - _state["last_yield"] >= _state["max_stretch_s"]:

@@ -23,7 +23,7 @@ import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TypedDict
 
 import discord
 import structlog
@@ -32,6 +32,15 @@ from ingest.channels import ChannelRow, channel_rows, readable_message, relay_ch
 from ingest.chunks import ChunkProgress, members_complete
 from ingest.mapping import RoleView
 from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
+from ingest.payloads import (
+    GuildCreateEvent,
+    MemberEvent,
+    MemberRemoveEvent,
+    MembersChunkEvent,
+    PresencePayload,
+    RawParser,
+    ReadyEvent,
+)
 from ingest.presences import HeldPresences
 from ingest.writer import GuildSnapshot, Writer
 from shared.discord_rules import shard_of
@@ -72,6 +81,13 @@ def role_of(role: discord.Role) -> RoleView:
     return RoleView(role.position, role.id, role.colour.value)
 
 
+class Sharding(TypedDict, total=False):
+    """discord.py's sharding options: ``shard_ids`` left out means every shard of ``shard_count``."""
+
+    shard_count: int | None
+    shard_ids: list[int]
+
+
 class IngestClient(discord.AutoShardedClient):
     """Runs some or all shards; is the writer's GuildSource (members from our table, the rest from discord.py)."""
 
@@ -89,7 +105,7 @@ class IngestClient(discord.AutoShardedClient):
         if shard_ids is not None and shard_count is None:
             raise ValueError("--shard-ids needs --shard-count")
         intents = ingest_intents(relay_messages)
-        sharding: dict[str, Any] = {"shard_count": shard_count}
+        sharding: Sharding = {"shard_count": shard_count}
         if shard_ids is not None:  # unset: every shard of shard_count
             sharding["shard_ids"] = shard_ids
         super().__init__(
@@ -161,7 +177,7 @@ class IngestClient(discord.AutoShardedClient):
         return shard_of(int(server_id), self.shard_count) in self.shard_ids
 
     # --- dispatch -------------------------------------------------------------------------------------
-    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+    def dispatch(self, event: str, /, *args: object, **kwargs: object) -> None:
         if event == "socket_event_type":
             return  # discord.py's notice of every frame, for on_socket_event_type listeners: we have none
         self.event_counts[event] += 1
@@ -179,7 +195,7 @@ class IngestClient(discord.AutoShardedClient):
                 )
         super().dispatch(event, *args, **kwargs)
 
-    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+    async def on_error(self, event_method: str, /, *args: object, **kwargs: object) -> None:
         """discord.py's own handler errors (coroutine handlers, parsers) go to our log with context."""
         log.exception("discord_handler_failed", handler_event=event_method, context=_context(args))
 
@@ -187,7 +203,8 @@ class IngestClient(discord.AutoShardedClient):
     def _install_parsers(self) -> None:
         parsers = self._connection.parsers
         self._discord_parsers = {name: parsers[name] for name in LEAN_PARSERS}
-        ours: dict[str, Callable[[Any], None]] = {
+        # Where a payload enters: discord.py hands the decoded JSON to an untyped entry; ours read it typed.
+        ours: dict[str, RawParser] = {
             "READY": self._parse_ready,
             "GUILD_CREATE": self._parse_guild_create,
             "GUILD_MEMBERS_CHUNK": self._parse_members_chunk,
@@ -199,13 +216,13 @@ class IngestClient(discord.AutoShardedClient):
         for name, parser in ours.items():
             parsers[name] = _guarded(name, parser)
 
-    def _parse_ready(self, data: dict[str, Any]) -> None:
+    def _parse_ready(self, data: ReadyEvent) -> None:
         # discord.py replaces the Guild of every guild READY lists (unavailable until its GUILD_CREATE).
         for guild_data in data.get("guilds") or ():
             self._drop_table(int(guild_data["id"]))
         self._discord_parsers["READY"](data)
 
-    def _parse_guild_create(self, data: dict[str, Any]) -> None:
+    def _parse_guild_create(self, data: GuildCreateEvent) -> None:
         if data.get("unavailable") is True:
             self._discord_parsers["GUILD_CREATE"](data)
             return
@@ -222,7 +239,7 @@ class IngestClient(discord.AutoShardedClient):
         own = [m for m in members if m["user"]["id"] == self_id]  # discord.py keeps only guild.me
         self._discord_parsers["GUILD_CREATE"]({**data, "members": own, "presences": []})
 
-    def _parse_members_chunk(self, data: dict[str, Any]) -> None:
+    def _parse_members_chunk(self, data: MembersChunkEvent) -> None:
         guild_id = int(data["guild_id"])
         table = self.members.get(guild_id)
         if table is not None:
@@ -239,7 +256,7 @@ class IngestClient(discord.AutoShardedClient):
         # discord.py's ready logic waits on its chunk request: complete it (with no Member objects).
         self._connection.process_chunk_requests(guild_id, data.get("nonce"), [], index + 1 == count)
 
-    def _parse_presence_update(self, data: dict[str, Any]) -> None:
+    def _parse_presence_update(self, data: PresencePayload) -> None:
         # Only the status can change our row; activities and client statuses are never looked at.
         self.event_counts["presence_update"] += 1
         raw_guild_id = data.get("guild_id")
@@ -264,7 +281,7 @@ class IngestClient(discord.AutoShardedClient):
         member.status = status
         self._put(table, user["id"], member)
 
-    def _parse_member_add(self, data: dict[str, Any]) -> None:
+    def _parse_member_add(self, data: MemberEvent) -> None:
         table = self.members.get(int(data["guild_id"]))
         if table is not None:
             user_id, member, _ = table.upsert(data)
@@ -273,7 +290,7 @@ class IngestClient(discord.AutoShardedClient):
             self._put(table, user_id, member)
         self._discord_parsers["GUILD_MEMBER_ADD"](data)  # keeps guild.member_count; dispatches member_join
 
-    def _parse_member_update(self, data: dict[str, Any]) -> None:
+    def _parse_member_update(self, data: MemberEvent) -> None:
         self.event_counts["member_update"] += 1
         table = self.members.get(int(data["guild_id"]))
         if table is None:
@@ -284,7 +301,7 @@ class IngestClient(discord.AutoShardedClient):
         if changed:
             self._put(table, user_id, member)
 
-    def _parse_member_remove(self, data: dict[str, Any]) -> None:
+    def _parse_member_remove(self, data: MemberRemoveEvent) -> None:
         guild_id, user_id = int(data["guild_id"]), int(data["user"]["id"])
         table = self.members.get(guild_id)
         if table is not None:
@@ -466,10 +483,10 @@ class IngestClient(discord.AutoShardedClient):
         log.info("shard_disconnected", shard=shard_id)
 
 
-def _guarded(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
+def _guarded(event: str, parser: RawParser) -> RawParser:
     """``parser`` with its exceptions logged (event, guild and user ids) instead of ending the shard's loop."""
 
-    def guarded(data: Any) -> None:
+    def guarded(data: object) -> None:
         try:
             parser(data)
         except Exception as exc:  # logged with context and traceback; the worker goes on
@@ -486,9 +503,9 @@ def _guarded(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]
     return guarded
 
 
-def _context(args: tuple[Any, ...]) -> dict[str, Any]:
+def _context(args: tuple[object, ...]) -> dict[str, dict[str, object]]:
     """Ids of the objects an event carried, for error logs (never their whole repr)."""
-    context: dict[str, Any] = {}
+    context: dict[str, dict[str, object]] = {}
     for index, arg in enumerate(args):
         guild = getattr(arg, "guild", None)
         context[f"arg{index}"] = {

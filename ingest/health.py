@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import structlog
 from aiohttp import web
@@ -31,12 +31,35 @@ log = structlog.get_logger(__name__)
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class ShardHealth(TypedDict):
+    state: str  # "connecting" | "connected" | "ready" | "disconnected"
+    latency_ms: float | None
+
+
+class DatabaseHealth(TypedDict):
+    ok: bool
+    error: NotRequired[str | None]  # the rest only while the database fails
+    permanent: NotRequired[bool]
+    outage_s: NotRequired[float]
+    failures_in_a_row: NotRequired[int]
+
+
+class ReadinessBody(TypedDict):
+    """The JSON ``/readyz`` answers."""
+
+    ready: bool
+    reasons: list[str]
+    shards: dict[str, ShardHealth]
+    database: DatabaseHealth
+    pending_rows: int
+
+
 @dataclass(frozen=True)
 class Readiness:
     """Ready when every shard is READY, the database takes writes and the backlog is under its bound."""
 
     ready: bool
-    body: dict[str, Any]
+    body: ReadinessBody
 
 
 def expected_shards(client: IngestClient) -> list[int] | None:
@@ -51,7 +74,7 @@ def expected_shards(client: IngestClient) -> list[int] | None:
 def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Readiness:
     """What ``/readyz`` answers, with every reason it is not ready."""
     reasons: list[str] = []
-    shards: dict[str, Any] = {}
+    shards: dict[str, ShardHealth] = {}
     expected = expected_shards(client)
     if expected is None:
         reasons.append("gateway: not connected yet")
@@ -65,20 +88,18 @@ def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Re
     if not writer.running:
         reasons.append("writer: not running (the worker is stopping)")
     health = writer.health
-    database: dict[str, Any] = {"ok": health.database_ok}
+    database: DatabaseHealth = {"ok": health.database_ok}
     if not health.database_ok:
-        database.update(
-            error=health.error,
-            permanent=health.permanent,
-            outage_s=round(health.outage_s, 1),
-            failures_in_a_row=health.failures_in_a_row,
-        )
+        database["error"] = health.error
+        database["permanent"] = health.permanent
+        database["outage_s"] = round(health.outage_s, 1)
+        database["failures_in_a_row"] = health.failures_in_a_row
         kind = "permanent error, needs an operator" if health.permanent else "failing"
         reasons.append(f"database: {kind}: {health.error or 'not connected yet'}")
     pending = writer.pending_rows
     if pending >= pending_rows_max:
         reasons.append(f"backlog: {pending} rows pending (bound {pending_rows_max})")
-    body = {
+    body: ReadinessBody = {
         "ready": not reasons,
         "reasons": reasons,
         "shards": shards,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from ingest.mapping import (
     USERNAME_MAX_CHARS,
@@ -22,6 +21,7 @@ from ingest.mapping import (
     highest_role_color,
     status_name,
 )
+from ingest.payloads import MemberPayload, PresencePayload, RolePayload, UserPayload
 
 BOT = 1  # LeanMember.flags: the user is a bot
 NICKED = 2  # the display name is the guild nick (a user rename does not change it)
@@ -41,7 +41,7 @@ class LeanMember:
         self.flags = flags
 
 
-def display_name(data: Mapping[str, Any]) -> tuple[str, int]:
+def display_name(data: MemberPayload) -> tuple[str, int]:
     """Discord's display name of a member payload (nick, else global name, else username) and its flags."""
     user = data["user"]
     nick = data.get("nick")
@@ -96,7 +96,7 @@ class GuildMembers:
         return colour
 
     # --- members --------------------------------------------------------------------------------------
-    def upsert(self, data: Mapping[str, Any], status: str | None = None) -> tuple[int, LeanMember, bool]:
+    def upsert(self, data: MemberPayload, status: str | None = None) -> tuple[int, LeanMember, bool]:
         """A member payload (GUILD_MEMBER_ADD/UPDATE, chunk): the member, and whether its row changed.
 
         ``status`` None keeps the cached status (offline for a new member).
@@ -115,7 +115,7 @@ class GuildMembers:
             member.status, changed = status, True
         return user_id, member, changed
 
-    def add_chunk(self, members: list[Mapping[str, Any]], statuses: Mapping[int, str]) -> list[int]:
+    def add_chunk(self, members: list[MemberPayload], statuses: Mapping[int, str]) -> list[int]:
         """Members of GUILD_CREATE or a chunk; one already cached is kept (it is newer). Returns the new ids."""
         added = []
         cached = self.members
@@ -131,7 +131,7 @@ class GuildMembers:
             added.append(user_id)
         return added
 
-    def rename_user(self, user_id: int, user: Mapping[str, Any]) -> bool:
+    def rename_user(self, user_id: int, user: UserPayload) -> bool:
         """A presence carried the user's new names: the display name changes unless a nick is set."""
         member = self.members.get(user_id)
         if member is None or member.flags & NICKED:
@@ -178,11 +178,11 @@ def role_text(roles: RoleIds) -> str:
     return ",".join(map(str, roles))
 
 
-def presence_status(data: Mapping[str, Any]) -> str:
+def presence_status(data: PresencePayload) -> str:
     """The schema status of a presence payload (its top-level ``status``; client statuses do not matter)."""
     return status_name(data.get("status") or OFFLINE)
 
 
-def role_view(data: Mapping[str, Any]) -> RoleView:
+def role_view(data: RolePayload) -> RoleView:
     """A role payload as the colour rule needs it."""
     return RoleView(int(data.get("position") or 0), int(data["id"]), int(data.get("color") or 0))

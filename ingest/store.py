@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
 import structlog
@@ -33,7 +33,7 @@ class SyncResult(NamedTuple):
     bulk: bool
 
 
-def columns(rows: Sequence[Any], width: int) -> list[list[str]]:
+def columns(rows: Sequence[tuple[str | bool, ...]], width: int) -> list[list[str | bool]]:
     """Tuples -> ``width`` parallel lists, the shape ``unnest($1::text[], ...)`` takes."""
     if not rows:
         return [[] for _ in range(width)]

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 import structlog
@@ -104,16 +104,18 @@ class Heartbeat(NamedTuple):
 class WriterConfig:
     """Batching, retry and bound settings of the writer."""
 
-    batch_max_rows: int = default_of(IngestSettings, "batch_max_rows")
-    batch_max_delay_s: float = default_of(IngestSettings, "batch_max_delay_ms") / 1000
-    bulk_threshold: int = default_of(IngestSettings, "bulk_threshold")  # a sync this big announces a resync
-    resync_after_outage_s: float = default_of(IngestSettings, "resync_after_outage_s")
-    message_queue_max: int = default_of(IngestSettings, "message_queue_max")
+    batch_max_rows: int = default_of(IngestSettings, "batch_max_rows", int)
+    batch_max_delay_s: float = default_of(IngestSettings, "batch_max_delay_ms", float) / 1000
+    bulk_threshold: int = default_of(
+        IngestSettings, "bulk_threshold", int
+    )  # a sync this big announces a resync
+    resync_after_outage_s: float = default_of(IngestSettings, "resync_after_outage_s", float)
+    message_queue_max: int = default_of(IngestSettings, "message_queue_max", int)
     connect_timeout_s: float = 5.0
     command_timeout_s: float = 60.0
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 2.0  # also the longest wait before a recovered database is used again
-    stats_interval_s: float = default_of(IngestSettings, "stats_interval_s")
+    stats_interval_s: float = default_of(IngestSettings, "stats_interval_s", float)
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
     heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
@@ -441,7 +443,7 @@ class Writer:
         delay = self._backoff_delay()
         if first or changed or now - self._last_failure_log >= self.config.failure_log_interval_s:
             self._last_failure_log = now
-            fields: dict[str, Any] = {
+            fields: dict[str, object] = {
                 "error": _describe(exc),
                 "permanent": isinstance(exc, PERMANENT_ERRORS),
                 "outage_s": round(now - started, 2),

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from serve import frames, providers
 from serve.admission import Admission, ValidateCallback
+from serve.core import Grant, Outcome, ServerCore, static_client_id
 from serve.fanout import Fanout, write_frames
 from serve.frames import ClientFrameError, ConnectRequest
 from serve.limits import Pacer
@@ -28,17 +29,8 @@ from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
 from serve.providers import ProviderError
 from serve.sources import MemberSource, ServerSource, choose
-from serve.world import (
-    Directory,
-    Member,
-    ServerInfo,
-    ServerState,
-    diff_presences,
-    encode_join,
-    presence_for_change,
-    visible,
-)
-from shared.feed import ChatMessage, FeedEvent, ServerChanged, ServerResync, UserDeleted, UserUpserted
+from serve.world import Directory, ServerInfo, encode_join
+from shared.feed import FeedEvent, ServerChanged
 from shared.settings import ServeSettings
 
 log = structlog.get_logger(__name__)
@@ -72,7 +64,7 @@ class Session:
     ws: ServerConnection
     address: str
     pacer: Pacer
-    state: ServerState | None = None
+    state: ServerCore | None = None
     authenticated: bool = False
     user_id: str | None = None
     pending: PendingJoin | None = None  # a join waiting for write budget (a newer one replaces it)
@@ -82,7 +74,7 @@ class Session:
 class PendingJoin:
     """A join that passed its checks; its snapshot is encoded when written, so it is never stale."""
 
-    state: ServerState
+    state: ServerCore
     info: ServerInfo
     client_id: str | None
     authenticated: bool
@@ -119,10 +111,10 @@ class Hub:
         self.fanout = Fanout(metrics)
         self.admission = Admission(settings, identity, callbacks, self.is_member)
         self.directory: Directory | None = None
-        self.states: dict[str, ServerState] = {}
+        self.states: dict[str, ServerCore] = {}
         self.sessions: dict[ServerConnection, Session] = {}
         self.health = Health()
-        self._loading: dict[str, asyncio.Task[ServerState]] = {}
+        self._loading: dict[str, asyncio.Task[ServerCore]] = {}
         self._resyncing: dict[str, asyncio.Task[None]] = {}
         self._resync_again: set[str] = set()
         self._directory_task: asyncio.Task[Directory] | None = None
@@ -183,53 +175,20 @@ class Hub:
     def apply_directory(self, new: Directory) -> None:
         """Switch to ``new``. Viewers who may no longer view their server lose it now (the one place access
         is re-decided); the others get the difference when hide_offline or the client id changed."""
-        old = self.directory
         self.directory = new
         for key, state in self.states.items():
-            before = old.by_key.get(key) if old else None
-            after = new.by_key.get(key)
-            if before == after:
-                continue
-            state.invalidate()
-            self._cut_unqualified(state, after)
-            if before is None or after is None or not state.viewers:
-                continue
-            if before.hide_offline != after.hide_offline:
-                for frame in diff_presences(
-                    key, state.members, state.members, before.hide_offline, after.hide_offline
-                ):
-                    self._send_to_viewers(state, frame)
-            new_client_id = self._static_client_id(after)
-            if new_client_id and new_client_id != self._static_client_id(before):
-                self._send_to_viewers(state, frames.client_id_frame(key, new_client_id))
+            self._emit(state, state.set_info(new.by_key.get(key)))
 
     # ------------------------------------------------------------ access
 
-    def _qualifies(
-        self, state: ServerState, info: ServerInfo | None, authenticated: bool, user_id: str | None
-    ) -> bool:
-        """May a socket admitted this way view ``state``'s server as ``info`` (None: not joinable) says now?"""
-        if info is None:
-            return False
-        if not info.passworded:
-            return True
-        if not authenticated:
-            return False
-        return user_id is None or self._member_now(state, user_id)
-
-    def _member_now(self, state: ServerState, user_id: str) -> bool:
-        """Membership as of the last notification, counting those buffered while the server is re-read."""
-        present = user_id in state.members
-        for event in state.buffer or ():
-            if isinstance(event, UserUpserted | UserDeleted) and event.user_id == user_id:
-                present = isinstance(event, UserUpserted)
-        return present
-
-    def _cut_unqualified(self, state: ServerState, info: ServerInfo | None) -> None:
-        for ws in tuple(state.viewers):
-            session = self.sessions[ws]
-            if not self._qualifies(state, info, session.authenticated, session.user_id):
-                self._cut(session, "server gone" if info is None else "not authorised")
+    def _emit(self, state: ServerCore, outcome: Outcome) -> None:
+        """Carry out what the core decided: its cuts first, then its frames to the viewers left."""
+        for viewer, reason in outcome.cuts:
+            self._cut(self.sessions[viewer], reason)
+        for frame in outcome.frames:
+            self.fanout.send(state, frame)
+        if outcome.resync:
+            self.request_resync(state)
 
     def _cut(self, session: Session, reason: str) -> None:
         """Stop sending this socket its server (synchronously, before any later event) and tell it why.
@@ -237,7 +196,7 @@ class Hub:
         state = session.state
         assert state is not None
         self.fanout.flush_server(state)  # what was queued before the cut precedes it, nothing after
-        state.viewers.discard(session.ws)
+        state.leave(session.ws)
         session.state, session.authenticated, session.user_id = None, False, None
         self.metrics.viewers_cut.inc()
         self.metrics.join_errors.inc()
@@ -246,10 +205,6 @@ class Hub:
 
     def _info(self, key: str) -> ServerInfo | None:
         return self.directory.by_key.get(key) if self.directory else None
-
-    def _hide_offline(self, key: str) -> bool:
-        info = self._info(key)
-        return info.hide_offline if info else False
 
     # ------------------------------------------------------------ the change feed
 
@@ -264,20 +219,7 @@ class Hub:
         state = self.states.get(event.server_id)
         if state is None:
             return  # nobody has joined this server: nothing cached, nothing to send
-        if isinstance(event, UserDeleted):
-            self._cut_member(state, event.user_id)
-        if isinstance(event, ServerResync):
-            if state.live:
-                if state.buffer is None:
-                    # Hold this server's later events from now on, not from when the read task starts:
-                    # until the read tells who is still a member, nothing may reach a cut viewer.
-                    state.buffer = []
-                self.request_resync(state)
-            return
-        if state.buffer is not None:
-            state.buffer.append(event)
-            return
-        self._apply(state, event)
+        self._emit(state, state.apply(event))
 
     def _on_server_changed(self, event: ServerChanged) -> None:
         """Apply a server's new row at once: access is decided here, in commit order, not after a re-read."""
@@ -290,56 +232,9 @@ class Hub:
             return  # e.g. only synced_at changed: nothing a viewer sees or access depends on
         self.apply_directory(self.directory.with_server(event.server_id, info))
 
-    def _cut_member(self, state: ServerState, user_id: str) -> None:
-        """A member row went away: on a passworded server, that user's sockets lose it now."""
-        info = self._info(state.key)
-        if info is None or not info.passworded:
-            return
-        for ws in tuple(state.viewers):
-            session = self.sessions[ws]
-            if session.user_id == user_id:
-                self._cut(session, "member row deleted")
-
-    def _apply(self, state: ServerState, event: FeedEvent) -> None:
-        key = state.key
-        if isinstance(event, UserUpserted):
-            before = state.members.get(event.user_id)
-            after = Member(event.username, event.status, event.role_color)
-            state.members[event.user_id] = after
-            state.invalidate()
-            frame = presence_for_change(key, event.user_id, before, after, self._hide_offline(key))
-        elif isinstance(event, UserDeleted):
-            before = state.members.pop(event.user_id, None)
-            if before is None:
-                return
-            state.invalidate()
-            frame = presence_for_change(key, event.user_id, before, None, self._hide_offline(key))
-        elif isinstance(event, ChatMessage):
-            frame = self._chat_frame(state, event.user_id, event.text, event.channel_id)
-        else:
-            return
-        if frame is not None:
-            self._send_to_viewers(state, frame)
-
-    def _chat_frame(self, state: ServerState, uid: str, text: str, channel: str) -> bytes | None:
-        """A message frame only for a relayed server and a member the viewers can see (rule 12)."""
-        info = self._info(state.key)
-        if info is None or not info.relay_messages:
-            return None
-        member = state.members.get(uid)
-        if member is None or not visible(member, info.hide_offline):
-            return None
-        text = frames.cap_message(text, self.settings.message_max_chars)
-        if not text.strip():
-            return None
-        return frames.message_frame(state.key, uid, text, channel)
-
-    def _send_to_viewers(self, state: ServerState, frame: bytes) -> None:
-        self.fanout.send(state, frame)
-
     # ------------------------------------------------------------ reading members
 
-    async def live_state(self, key: str) -> ServerState:
+    async def live_state(self, key: str) -> ServerCore:
         """The server's state, read on first use (DB) or on every join (callback, like d-back)."""
         state = self.states.get(key)
         if self.users_from_db and state is not None and state.live:
@@ -351,16 +246,17 @@ class Hub:
             task.add_done_callback(lambda _t: self._loading.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _load(self, key: str) -> ServerState:
+    async def _load(self, key: str) -> ServerCore:
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = ServerState(key)
-        if state.buffer is None:
-            state.buffer = []  # from now on, events of this server wait for the read to finish
+            state = self.states[key] = ServerCore(
+                key, self._info(key), self.settings.message_max_chars, self.settings.oauth_client_id
+            )
+        state.begin_read()  # from now on, events of this server wait for the read to finish
         try:
             members = await self.member_source.members(key)
         except ProviderError as exc:
-            self._abandon_read(state)
+            self._emit(state, state.abandon_read())
             self.health.problems[f"members:{key}"] = str(exc)
             if state.live:
                 log.error("member_read_failed", server=key, error=str(exc), keeping_last_good=True)
@@ -368,40 +264,10 @@ class Hub:
             del self.states[key]
             raise
         self.health.problems.pop(f"members:{key}", None)
-        self._finish_read(state, members)
+        self._emit(state, state.finish_read(members))
         return state
 
-    def _finish_read(self, state: ServerState, members: dict[str, Member]) -> None:
-        """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), send viewers the diff."""
-        buffered = state.buffer or []
-        chats = []
-        for event in buffered:
-            if isinstance(event, UserUpserted):
-                members[event.user_id] = Member(event.username, event.status, event.role_color)
-            elif isinstance(event, UserDeleted):
-                members.pop(event.user_id, None)
-            elif isinstance(event, ChatMessage):
-                chats.append(event)
-        old = state.members
-        state.members = members
-        state.buffer = None
-        state.live = True
-        state.invalidate()
-        self._cut_unqualified(state, self._info(state.key))  # a bulk change may have removed members
-        if state.viewers:
-            hide = self._hide_offline(state.key)
-            for frame in diff_presences(state.key, old, members, hide, hide):
-                self._send_to_viewers(state, frame)
-        for chat in chats:
-            self._apply(state, chat)
-
-    def _abandon_read(self, state: ServerState) -> None:
-        """A read failed: apply what was buffered to the old members so nothing is lost."""
-        buffered, state.buffer = state.buffer or [], None
-        for event in buffered:
-            self._apply(state, event)
-
-    def request_resync(self, state: ServerState) -> None:
+    def request_resync(self, state: ServerCore) -> None:
         """Re-read one server soon (coalesced: one read in flight, at most one more queued)."""
         if state.key in self._resyncing:
             self._resync_again.add(state.key)
@@ -409,7 +275,7 @@ class Hub:
         task = asyncio.create_task(self._resync(state))
         self._resyncing[state.key] = task
 
-    async def _resync(self, state: ServerState) -> None:
+    async def _resync(self, state: ServerCore) -> None:
         try:
             while True:
                 self._resync_again.discard(state.key)
@@ -467,7 +333,7 @@ class Hub:
             log.error("socket_open_failed", error=str(exc))
         finally:
             if session.state is not None:
-                session.state.viewers.discard(ws)
+                session.state.leave(ws)
             del self.sessions[ws]
             self.paused.discard(ws)
             self._deferred.discard(session)
@@ -521,7 +387,8 @@ class Hub:
         state = pending.state
         # Access may have changed while the join waited: decide on the current row.
         current = self._info(pending.info.key) if self.servers_from_db else pending.info
-        if not self._qualifies(state, current, pending.authenticated, pending.user_id):
+        grant = Grant(pending.authenticated, pending.user_id)
+        if not state.qualifies(current, grant):
             self._undefer(session)
             self.metrics.join_errors.inc()
             refusal = _refusal_after_wait(current, pending.authenticated)
@@ -550,9 +417,9 @@ class Hub:
         self.fanout.flush_server(state)
         if session.state is not None:
             self.fanout.flush_server(session.state)
-            session.state.viewers.discard(session.ws)
+            session.state.leave(session.ws)
         broadcast((session.ws,), frame, text=True)
-        state.viewers.add(session.ws)
+        state.enter(session.ws, grant)
         session.state, session.authenticated, session.user_id = state, pending.authenticated, pending.user_id
         self.metrics.joins.inc()
 
@@ -613,7 +480,7 @@ class Hub:
         return user_id in state.members
 
     def _static_client_id(self, info: ServerInfo) -> str | None:
-        return info.oauth_client_id or self.settings.oauth_client_id
+        return static_client_id(info, self.settings.oauth_client_id)
 
     async def client_id(self, info: ServerInfo) -> str | None:
         if self.callbacks.client_id is None:
@@ -632,25 +499,15 @@ class Hub:
     def push_presence(
         self, key: str, uid: str, status: str, username: str | None, role_color: str | None, delete: bool
     ) -> bool:
-        """broadcast_presence: fill name/colour from the cache (d-back fault 13); never make a ghost."""
+        """broadcast_presence, applied by the server's core; False for an uncached server or a dropped presence."""
         state = self.states.get(key)
-        before = state.members.get(uid) if state else None
-        username = username if username is not None else (before.username if before else None)
-        role_color = role_color if role_color is not None else (before.role_color if before else None)
-        if username is None:
-            log.debug("presence_dropped_unknown_member", server=key, uid=uid)
-            return False
-        frame = frames.presence_frame(
-            key, uid, status, username, role_color or providers.DEFAULT_ROLE_COLOR, delete=delete
-        )
         if state is None:
             return False
-        if delete:
-            state.members.pop(uid, None)
-        else:
-            state.members[uid] = Member(username, status, role_color or providers.DEFAULT_ROLE_COLOR)
-        state.invalidate()
-        self._send_to_viewers(state, frame)
+        frame = state.push_presence(uid, status, username, role_color, delete)
+        if frame is None:
+            log.debug("presence_dropped_unknown_member", server=key, uid=uid)
+            return False
+        self.fanout.send(state, frame)
         return True
 
     def push_message(self, key: str, uid: str, text: str, channel: str) -> bool:
@@ -660,13 +517,13 @@ class Hub:
         text = frames.cap_message(str(text), self.settings.message_max_chars)
         if not text.strip():
             return False
-        self._send_to_viewers(state, frames.message_frame(key, uid, text, str(channel)))
+        self.fanout.send(state, frames.message_frame(key, uid, text, str(channel)))
         return True
 
     def push_client_id(self, key: str, client_id: str) -> None:
         state = self.states.get(key)
         if state is not None:
-            self._send_to_viewers(state, frames.client_id_frame(key, client_id))
+            self.fanout.send(state, frames.client_id_frame(key, client_id))
 
     # ------------------------------------------------------------ housekeeping
 

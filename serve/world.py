@@ -1,5 +1,5 @@
-"""What viewers see, in memory: the server directory (server-list + "default" resolution) and one
-:class:`ServerState` per joined server (members, viewers, cached server-join frame).
+"""What viewers see, in memory: the server directory (server-list + "default" resolution), members, and
+the pure rules of visibility, diffs and the snapshot that serve/core.py's per-server state applies.
 
 Pure data and pure functions: no I/O here, so every rule about visibility and diffs is unit-testable.
 """
@@ -134,29 +134,6 @@ def diff_presences(
             yield frames.presence_frame(
                 key, uid, before.status, before.username, before.role_color, delete=True
             )
-
-
-class ServerState:
-    """One server's live members and viewers. ``buffer`` is not None while a (re)read is in flight."""
-
-    __slots__ = ("_join_frame", "buffer", "key", "live", "members", "viewers")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.members: dict[str, Member] = {}
-        self.viewers: set[Any] = set()
-        self.live = False
-        self.buffer: list[Any] | None = None
-        self._join_frame: bytes | None = None
-
-    def invalidate(self) -> None:
-        self._join_frame = None
-
-    def join_frame(self, info: ServerInfo, client_id: str | None, max_users: int) -> bytes:
-        """The server-join frame, encoded once and reused until members or settings change (rule 7)."""
-        if self._join_frame is None:
-            self._join_frame = encode_join(info, self.members, client_id, max_users)
-        return self._join_frame
 
 
 def snapshot_users(

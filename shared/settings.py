@@ -170,11 +170,15 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
 
 
-def default_of(cls: type[BaseSettings], field: str) -> Any:
+def default_of(cls: type[BaseSettings], field: str, kind: type[T]) -> T:
     """A setting's default, for code that has the same knob outside the settings (one definition)."""
-    return cls.model_fields[field].get_default(call_default_factory=True)
+    value = cls.model_fields[field].get_default(call_default_factory=True)
+    if not isinstance(value, kind):
+        raise TypeError(f"{cls.__name__}.{field} defaults to {value!r}, not a {kind.__name__}")
+    return value
 
 
 def _variable_name(cls: type[BaseSettings], field: str) -> str:
@@ -186,7 +190,7 @@ def _variable_name(cls: type[BaseSettings], field: str) -> str:
     return f"DZONE_{field.upper()}"
 
 
-def load(cls: type[S], **overrides: Any) -> S:
+def load(cls: type[S], **overrides: Any) -> S:  # Any: keywords pydantic validates
     """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable."""
     try:
         return cls(**overrides)

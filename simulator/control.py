@@ -7,13 +7,14 @@ The routes are documented in docs/simulator.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 
-from simulator.engine import UNSET
+from simulator.engine import UNSET, Unset
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload
 from simulator.rest import RestFault
 from simulator.steering import Steering
 from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
@@ -22,13 +23,18 @@ CONTROL_PREFIX = "/_sim"
 MAX_CONTROL_BODY = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A request body as decoded (the JSON boundary: every value is checked before use); an action's answer.
+Body = dict[str, object]
+Answer = Mapping[str, object] | None
+Action = Callable[[Body], Awaitable[Answer]]
+T = TypeVar("T")
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _snowflake(body: dict[str, Any], key: str) -> int:
+def _snowflake(body: Body, key: str) -> int:
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidValueError(f"{key} is required (a snowflake, as a number or a string)")
@@ -38,21 +44,21 @@ def _snowflake(body: dict[str, Any], key: str) -> int:
         raise InvalidValueError(f"{key} must be a snowflake, not {value!r}") from None
 
 
-def _optional_str(body: dict[str, Any], key: str) -> str | None:
+def _optional_str(body: Body, key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
         raise InvalidValueError(f"{key} must be a string")
     return value
 
 
-def _roles(body: dict[str, Any]) -> list[int]:
+def _roles(body: Body) -> list[int]:
     roles = body.get("roles", [])
     if not isinstance(roles, list):
         raise InvalidValueError("roles must be a list of role ids")
     return [_snowflake({"role": r}, "role") for r in roles]
 
 
-def _bits(value: Any, what: str) -> int:
+def _bits(value: object, what: str) -> int:
     """A permission bit set: Discord sends them as decimal strings; a number is accepted too."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidValueError(f"{what} must be a permission bit set (a decimal string or a number)")
@@ -65,7 +71,7 @@ def _bits(value: Any, what: str) -> int:
     return bits
 
 
-def _overwrites(body: dict[str, Any]) -> list[Overwrite]:
+def _overwrites(body: Body) -> list[Overwrite]:
     """``permission_overwrites`` in Discord's shape: [{"id", "type": 0 role / 1 member, "allow", "deny"}]."""
     entries = body.get("permission_overwrites")
     if not isinstance(entries, list):
@@ -88,7 +94,7 @@ def _overwrites(body: dict[str, Any]) -> list[Overwrite]:
     return overwrites
 
 
-def _optional_bool(body: dict[str, Any], key: str, default: Any) -> Any:
+def _optional_bool(body: Body, key: str, default: T) -> bool | T:
     if key not in body:
         return default
     value = body[key]
@@ -105,7 +111,7 @@ class ControlApi:
 
     def routes(self) -> list[web.RouteDef]:
         p = CONTROL_PREFIX
-        post: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+        post: dict[str, Action] = {
             "pause": self.pause,
             "resume": self.resume,
             "presence": self.presence,
@@ -143,7 +149,7 @@ class ControlApi:
         routes += [web.post(f"{p}/{name}", self._wrap(action)) for name, action in post.items()]
         return routes
 
-    def _wrap(self, action: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
+    def _wrap(self, action: Action) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             if request.content_length is not None and request.content_length > MAX_CONTROL_BODY:
                 return _json({"error": "request body too large"}, status=413)
@@ -170,19 +176,19 @@ class ControlApi:
     async def stats(self, request: web.Request) -> web.StreamResponse:
         return _json(self.sim.stats())
 
-    async def pause(self, body: dict[str, Any]) -> None:
+    async def pause(self, body: Body) -> None:
         self.sim.pause()
 
-    async def resume(self, body: dict[str, Any]) -> None:
+    async def resume(self, body: Body) -> None:
         self.sim.resume()
 
-    async def presence(self, body: dict[str, Any]) -> None:
+    async def presence(self, body: Body) -> None:
         status = body.get("status")
         if not isinstance(status, str):
             raise InvalidValueError("status is required")
         await self.sim.set_presence(_snowflake(body, "guild_id"), _snowflake(body, "user_id"), status)
 
-    async def message(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def message(self, body: Body) -> MessagePayload:
         content = body.get("content")
         if not isinstance(content, str):
             raise InvalidValueError("content is required")
@@ -190,7 +196,7 @@ class ControlApi:
             _snowflake(body, "guild_id"), _snowflake(body, "channel_id"), _snowflake(body, "user_id"), content
         )
 
-    async def member_add(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def member_add(self, body: Body) -> MemberTruth:
         bot = body.get("bot", False)
         if not isinstance(bot, bool):
             raise InvalidValueError("bot must be true or false")
@@ -205,10 +211,10 @@ class ControlApi:
             roles=_roles(body),
         )
 
-    async def member_remove(self, body: dict[str, Any]) -> None:
+    async def member_remove(self, body: Body) -> None:
         await self.sim.remove_member(_snowflake(body, "guild_id"), _snowflake(body, "user_id"))
 
-    async def member_update(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def member_update(self, body: Body) -> MemberTruth:
         return await self.sim.update_member(
             _snowflake(body, "guild_id"),
             _snowflake(body, "user_id"),
@@ -216,7 +222,7 @@ class ControlApi:
             roles=_roles(body) if "roles" in body else UNSET,
         )
 
-    async def role_color(self, body: dict[str, Any]) -> None:
+    async def role_color(self, body: Body) -> None:
         color = body.get("color")
         if isinstance(color, str):
             try:
@@ -227,16 +233,19 @@ class ControlApi:
             raise InvalidValueError("color is required")
         await self.sim.set_role_color(_snowflake(body, "guild_id"), _snowflake(body, "role_id"), color)
 
-    async def role_permissions(self, body: dict[str, Any]) -> None:
+    async def role_permissions(self, body: Body) -> None:
         permissions = _bits(body.get("permissions"), "permissions")
         await self.sim.set_role_permissions(
             _snowflake(body, "guild_id"), _snowflake(body, "role_id"), permissions
         )
 
-    async def channel_update(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("name", UNSET)
-        if name is not UNSET and not isinstance(name, str):
-            raise InvalidValueError("name must be a string")
+    async def channel_update(self, body: Body) -> ChannelTruth:
+        name: str | Unset = UNSET
+        if "name" in body:
+            raw_name = body["name"]
+            if not isinstance(raw_name, str):
+                raise InvalidValueError("name must be a string")
+            name = raw_name
         return await self.sim.update_channel(
             _snowflake(body, "guild_id"),
             _snowflake(body, "channel_id"),
@@ -245,7 +254,7 @@ class ControlApi:
             name=name,
         )
 
-    async def channel_create(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def channel_create(self, body: Body) -> ChannelTruth:
         name = body.get("name")
         if not isinstance(name, str):
             raise InvalidValueError("name is required")
@@ -261,96 +270,96 @@ class ControlApi:
             nsfw=_optional_bool(body, "nsfw", False),
         )
 
-    async def channel_delete(self, body: dict[str, Any]) -> None:
+    async def channel_delete(self, body: Body) -> None:
         await self.sim.delete_channel(_snowflake(body, "guild_id"), _snowflake(body, "channel_id"))
 
-    async def guild_rename(self, body: dict[str, Any]) -> None:
+    async def guild_rename(self, body: Body) -> None:
         name = body.get("name")
         if not isinstance(name, str):
             raise InvalidValueError("name is required")
         await self.sim.rename_guild(_snowflake(body, "guild_id"), name)
 
-    async def guild_remove(self, body: dict[str, Any]) -> None:
+    async def guild_remove(self, body: Body) -> None:
         await self.sim.remove_guild(_snowflake(body, "guild_id"))
 
-    async def oauth_token(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def oauth_token(self, body: Body) -> dict[str, str]:
         user_id = _snowflake(body, "user_id") if body.get("user_id") is not None else None
         token = self.sim.issue_oauth_token(user_id)
         owner = self.sim.world.oauth_tokens[token]
         return {"token": token, "user_id": str(owner)}
 
-    async def oauth_rate_limit(self, body: dict[str, Any]) -> None:
+    async def oauth_rate_limit(self, body: Body) -> None:
         seconds = body.get("retry_after")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
             raise InvalidValueError("retry_after must be a number of seconds from 0 to 3600")
         self.sim.rate_limit_oauth(float(seconds))
 
-    async def fault_drop(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_drop(self, body: Body) -> dict[str, int]:
         return {"connections": await self.sim.drop_connections()}
 
-    async def fault_reconnect(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_reconnect(self, body: Body) -> dict[str, int]:
         return {"connections": await self.sim.send_reconnect()}
 
-    async def fault_invalid_session(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_invalid_session(self, body: Body) -> dict[str, int]:
         resumable = body.get("resumable", False)
         if not isinstance(resumable, bool):
             raise InvalidValueError("resumable must be true or false")
         return {"connections": await self.sim.send_invalid_session(resumable=resumable)}
 
-    async def fault_stop_acks(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_stop_acks(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.stop_heartbeat_acks()}
 
-    async def fault_resume_acks(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_resume_acks(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.resume_heartbeat_acks()}
 
-    async def fault_black_hole(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_black_hole(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.black_hole()}
 
-    async def fault_heartbeat_interval(self, body: dict[str, Any]) -> None:
+    async def fault_heartbeat_interval(self, body: Body) -> None:
         self.sim.set_heartbeat_interval(_integer(body, "interval_ms"))
 
-    async def fault_bot_added(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_bot_added(self, body: Body) -> AddedGuild:
         return await self.sim.add_guild(_integer(body, "size"))
 
-    async def fault_guild_unavailable(self, body: dict[str, Any]) -> None:
+    async def fault_guild_unavailable(self, body: Body) -> None:
         await self.sim.start_guild_outage(_snowflake(body, "guild_id"))
 
-    async def fault_guild_available(self, body: dict[str, Any]) -> None:
+    async def fault_guild_available(self, body: Body) -> None:
         await self.sim.end_guild_outage(_snowflake(body, "guild_id"))
 
-    async def fault_expire_sessions(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_expire_sessions(self, body: Body) -> dict[str, int]:
         return {"sessions": self.sim.expire_sessions()}
 
-    async def fault_rest(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_rest(self, body: Body) -> dict[str, int]:
         count = _integer(body, "count", default=1)
         if not 1 <= count <= 100:
             raise InvalidValueError("count must be 1..100")
         fault = RestFault(_integer(body, "status"), _number(body, "retry_after", default=1.0))
         return {"queued": self.sim.queue_rest_faults([fault] * count)}
 
-    async def fault_chunks(self, body: dict[str, Any]) -> None:
+    async def fault_chunks(self, body: Body) -> None:
         self.sim.set_chunk_faults(
             delay_s=_number(body, "delay_s", default=0.0), drop=_integer(body, "drop", default=0)
         )
 
-    async def fault_close(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_close(self, body: Body) -> dict[str, int]:
         return {"connections": await self.sim.close_connections(_integer(body, "code"))}
 
-    async def fault_delay(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_delay(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.delay_dispatches(_number(body, "seconds"))}
 
-    async def fault_duplicate(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def fault_duplicate(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.duplicate_dispatches(_number(body, "seconds"))}
 
 
-def _integer(body: dict[str, Any], key: str, default: int | None = None) -> int:
+def _integer(body: Body, key: str, default: int | None = None) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValueError(f"{key} is required (an integer)")
     return value
 
 
-def _number(body: dict[str, Any], key: str, default: float | None = None) -> float:
+def _number(body: Body, key: str, default: float | None = None) -> float:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidValueError(f"{key} is required (a number)")

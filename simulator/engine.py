@@ -6,9 +6,10 @@ routes alike, so an injected change and a random one are indistinguishable to a 
 
 from __future__ import annotations
 
+import enum
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Final
 
 from simulator.gateway import (
     INTENT_GUILDS,
@@ -19,6 +20,7 @@ from simulator.gateway import (
     GatewayHub,
     Session,
 )
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload
 from simulator.scenario import WorldBuilder
 from simulator.world import (
     CATEGORY_CHANNEL,
@@ -36,6 +38,7 @@ from simulator.world import (
     User,
     World,
     channel_event_payload,
+    channel_payload,
     channel_truth,
     guild_update_payload,
     member_payload,
@@ -44,15 +47,24 @@ from simulator.world import (
     presence_payload,
     role_payload,
     snowflake_time_iso,
+    thread_payload,
     user_payload,
 )
 
 MAX_NAME_LENGTH = 32  # usernames, global names and nicks
 MAX_ADDED_GUILD_SIZE = 100_000
-UNSET: Any = object()  # "leave this field as it is" for update_member
 
 
-def _text(value: Any, what: str, *, low: int, high: int) -> str:
+class Unset(enum.Enum):
+    """ "Leave this field as it is", for the update operations (None is a value: no nick)."""
+
+    UNSET = enum.auto()
+
+
+UNSET: Final = Unset.UNSET
+
+
+def _text(value: object, what: str, *, low: int, high: int) -> str:
     if not isinstance(value, str) or not low <= len(value.strip()) <= high:
         raise InvalidValueError(f"{what} must be a string of {low}-{high} characters")
     return value
@@ -83,7 +95,7 @@ class Engine:
                     presence_payload(shared_guild_id, user),
                 )
 
-    def send_message(self, guild_id: int, channel_id: int, user_id: int, content: str) -> dict[str, Any]:
+    def send_message(self, guild_id: int, channel_id: int, user_id: int, content: str) -> MessagePayload:
         """Post a message as a member; sessions without the message-content intent get empty content."""
         content = _text(content, "content", low=1, high=MAX_MESSAGE_LENGTH)
         channel = self.world.channel(guild_id, channel_id)
@@ -95,7 +107,7 @@ class Engine:
         )
         channel.messages.append(payload)
 
-        def without_content(session: Session) -> dict[str, Any] | None:
+        def without_content(session: Session) -> MessagePayload | None:
             if session.has(INTENT_MESSAGE_CONTENT):
                 return None
             return {**payload, "content": ""}
@@ -116,7 +128,7 @@ class Engine:
         bot: bool = False,
         status: str | None = None,
         roles: Sequence[int] = (),
-    ) -> dict[str, Any]:
+    ) -> MemberTruth:
         """A user joins (a new account, or an existing one by ``user_id``): GUILD_MEMBER_ADD (+ presence)."""
         guild = self.world.guild(guild_id)
         if status is not None and status not in STATUSES:
@@ -171,8 +183,13 @@ class Engine:
         )
 
     def update_member(
-        self, guild_id: int, user_id: int, *, nick: str | None = UNSET, roles: Sequence[int] = UNSET
-    ) -> dict[str, Any]:
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        nick: str | Unset | None = UNSET,
+        roles: Sequence[int] | Unset = UNSET,
+    ) -> MemberTruth:
         """Change a member's nick and/or roles: GUILD_MEMBER_UPDATE (the full member, as Discord sends it)."""
         guild = self.world.guild(guild_id)
         member = self.world.member(guild_id, user_id)
@@ -241,10 +258,10 @@ class Engine:
         guild_id: int,
         channel_id: int,
         *,
-        overwrites: Sequence[Overwrite] = UNSET,
-        nsfw: bool = UNSET,
-        name: str = UNSET,
-    ) -> dict[str, Any]:
+        overwrites: Sequence[Overwrite] | Unset = UNSET,
+        nsfw: bool | Unset = UNSET,
+        name: str | Unset = UNSET,
+    ) -> ChannelTruth:
         """Change a channel's overwrites, NSFW flag and/or name: CHANNEL_UPDATE (THREAD_UPDATE: name only)."""
         guild = self.world.guild(guild_id)
         channel = self.world.channel(guild_id, channel_id)
@@ -273,7 +290,7 @@ class Engine:
         parent_id: int | None = None,
         overwrites: Sequence[Overwrite] = (),
         nsfw: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ChannelTruth:
         """A new text channel, category or public thread: CHANNEL_CREATE (THREAD_CREATE for a thread)."""
         guild = self.world.guild(guild_id)
         if type not in CHANNEL_TYPES:
@@ -299,11 +316,12 @@ class Engine:
             overwrites=checked,
         )
         guild.channels[channel.id] = channel
-        payload = channel_event_payload(guild, channel)
         if channel.is_thread:
-            payload["newly_created"] = True
-        event = "THREAD_CREATE" if channel.is_thread else "CHANNEL_CREATE"
-        self.hub.dispatch(event, guild_id, INTENT_GUILDS, payload)
+            thread = thread_payload(guild_id, channel, guild.owner_id)
+            thread["newly_created"] = True
+            self.hub.dispatch("THREAD_CREATE", guild_id, INTENT_GUILDS, thread)
+        else:
+            self.hub.dispatch("CHANNEL_CREATE", guild_id, INTENT_GUILDS, channel_payload(guild_id, channel))
         return channel_truth(channel)
 
     def delete_channel(self, guild_id: int, channel_id: int) -> None:
@@ -344,7 +362,7 @@ class Engine:
             self.world.leave(guild, user_id)
         del self.world.guilds[guild_id]
 
-    def add_guild(self, size: int) -> dict[str, Any]:
+    def add_guild(self, size: int) -> AddedGuild:
         """The bot is added to a new guild of ``size`` members: GUILD_CREATE, live, with its members."""
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_ADDED_GUILD_SIZE:
             raise InvalidValueError(f"size must be an integer 1..{MAX_ADDED_GUILD_SIZE}")

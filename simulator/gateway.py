@@ -15,7 +15,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import IntEnum
-from typing import Any
 
 import orjson
 import structlog
@@ -24,6 +23,7 @@ from aiohttp import WSMsgType, web
 from shared.discord_rules import shard_of
 from shared.errors import DzoneError
 from simulator.config import SimConfig
+from simulator.payloads import MembersChunkPayload, Payload
 from simulator.world import (
     Guild,
     World,
@@ -101,7 +101,14 @@ def ws_frame_header(opcode: int, length: int) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
-def op_frame(op: Op, data: Any) -> bytes:
+def _json_int(value: object) -> int:
+    """``int()`` of a decoded JSON value (an id may come as a number or a string); TypeError otherwise."""
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"not a number: {type(value).__name__}")
+    return int(value)
+
+
+def op_frame(op: Op, data: object) -> bytes:
     return orjson.dumps({"op": int(op), "d": data, "s": None, "t": None})
 
 
@@ -301,9 +308,9 @@ class GatewayHub:
         event: str,
         guild_id: int,
         intent: int,
-        payload: dict[str, Any],
+        payload: Payload,
         *,
-        variant: Callable[[Session], dict[str, Any] | None] | None = None,
+        variant: Callable[[Session], Payload | None] | None = None,
     ) -> None:
         """Send one guild event to every session on the guild's shard that has ``intent``.
 
@@ -467,7 +474,7 @@ class GatewayHub:
             if session.connection is None and (session.disconnected_at or 0) < deadline:
                 del self.sessions[session_id]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         return {
             **self.counters,
             "connections": len(self.connections),
@@ -547,7 +554,7 @@ class GatewayHub:
                 raise ProtocolViolationError(Close.DECODE_ERROR, "Payload is not a gateway object.")
             await self._on_payload(connection, payload["op"], payload.get("d"))
 
-    async def _on_payload(self, connection: Connection, op: int, data: Any) -> None:
+    async def _on_payload(self, connection: Connection, op: int, data: object) -> None:
         if op == Op.HEARTBEAT:
             if connection.session is not None and isinstance(data, int):
                 connection.session.acknowledge(data)
@@ -573,7 +580,7 @@ class GatewayHub:
 
     # -- IDENTIFY / RESUME --------------------------------------------------------------------------
 
-    def _check_token(self, token: Any) -> None:
+    def _check_token(self, token: object) -> None:
         expected = self.config.bot_token
         if not isinstance(token, str) or not token.strip():
             raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
@@ -581,7 +588,7 @@ class GatewayHub:
         if expected is not None and not secrets.compare_digest(token.encode(), expected.encode()):
             raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
 
-    def _identify(self, connection: Connection, data: Any) -> None:
+    def _identify(self, connection: Connection, data: object) -> None:
         if connection.session is not None:
             raise ProtocolViolationError(Close.ALREADY_AUTHENTICATED, "Already authenticated.")
         if not isinstance(data, dict):
@@ -659,7 +666,7 @@ class GatewayHub:
             )
             session.dispatch(b"GUILD_CREATE", orjson.dumps(payload))
 
-    def _resume(self, connection: Connection, data: Any) -> None:
+    def _resume(self, connection: Connection, data: object) -> None:
         if connection.session is not None:
             raise ProtocolViolationError(Close.ALREADY_AUTHENTICATED, "Already authenticated.")
         if not isinstance(data, dict):
@@ -689,11 +696,11 @@ class GatewayHub:
 
     # -- REQUEST_GUILD_MEMBERS ----------------------------------------------------------------------
 
-    async def _request_members(self, session: Session, data: Any) -> None:
+    async def _request_members(self, session: Session, data: object) -> None:
         if not isinstance(data, dict):
             raise ProtocolViolationError(Close.DECODE_ERROR, "REQUEST_GUILD_MEMBERS needs an object.")
         raw_ids = data.get("guild_id")
-        guild_ids: Iterable[Any] = raw_ids if isinstance(raw_ids, list) else [raw_ids]
+        guild_ids: Iterable[object] = raw_ids if isinstance(raw_ids, list) else [raw_ids]
         query = data.get("query")
         user_ids = data.get("user_ids")
         limit = data.get("limit", 0)
@@ -707,7 +714,7 @@ class GatewayHub:
             nonce = None  # Discord ignores nonces longer than 32 bytes
         for raw_id in guild_ids:
             try:
-                guild_id = int(raw_id)
+                guild_id = _json_int(raw_id)
             except (TypeError, ValueError):
                 raise ProtocolViolationError(Close.DECODE_ERROR, "Invalid guild_id.") from None
             guild = self.world.guilds.get(guild_id)
@@ -722,16 +729,16 @@ class GatewayHub:
         self,
         session: Session,
         guild_id: int,
-        query: Any,
-        user_ids: Any,
+        query: object,
+        user_ids: object,
         limit: int,
         presences: bool,
-        nonce: Any,
+        nonce: object,
     ) -> None:
         guild = self.world.guilds[guild_id]
         not_found: list[str] = []
         if user_ids is not None:
-            wanted = [int(u) for u in (user_ids if isinstance(user_ids, list) else [user_ids])][:100]
+            wanted = [_json_int(u) for u in (user_ids if isinstance(user_ids, list) else [user_ids])][:100]
             members = [guild.members[u] for u in wanted if u in guild.members]
             not_found = [str(u) for u in wanted if u not in guild.members]
         else:
@@ -758,7 +765,7 @@ class GatewayHub:
                 self.chunks_to_drop -= 1
                 self.counters["member_chunks_dropped"] += 1
                 continue
-            chunk: dict[str, Any] = {
+            chunk: MembersChunkPayload = {
                 "guild_id": str(guild_id),
                 "members": [member_payload(m) for m in batch if m.user.id in guild.members],
                 "chunk_index": index,

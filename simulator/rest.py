@@ -11,7 +11,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -30,7 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 APPLICATION_OWNER = User(id=100_000_000_000_000_000, username="sim-owner", global_name="Simulator Owner")
 
 
-def discord_json(data: Any, status: int = 200) -> web.Response:
+def discord_json(data: object, status: int = 200) -> web.Response:
     response = web.Response(body=orjson.dumps(data), status=status)
     response.headers["Content-Type"] = "application/json"
     return response

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,6 +18,7 @@ from shared.discord_rules import point_discord_py
 from simulator.config import SimConfig
 from simulator.control import ControlApi
 from simulator.scenario import (
+    Change,
     MemberJoin,
     MemberLeave,
     MessagePost,
@@ -151,7 +151,7 @@ class Simulator(Steering):
                     break
                 self._apply(change)
 
-    def _apply(self, change: Any) -> None:
+    def _apply(self, change: Change) -> None:
         engine = self.engine
         try:
             match change:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from simulator.config import SimConfig
-from simulator.engine import UNSET, Engine
+from simulator.engine import UNSET, Engine, Unset
 from simulator.gateway import GatewayHub
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, SimState
 from simulator.rest import RestApi, RestFault
 from simulator.scenario import WorldBuilder
 from simulator.world import TEXT_CHANNEL, InvalidValueError, Overwrite
@@ -49,11 +49,11 @@ class Steering:
 
     # -- truth --------------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> SimState:
         """The truth: the same JSON as ``GET /_sim/state``."""
         return {**self.world.truth(), "paused": self.paused}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         return {
             **self.hub.stats(),
             "changes_applied": self.changes_applied,
@@ -68,7 +68,7 @@ class Steering:
 
     async def send_message(
         self, guild_id: int, channel_id: int, user_id: int, content: str
-    ) -> dict[str, Any]:
+    ) -> MessagePayload:
         return self.engine.send_message(guild_id, channel_id, user_id, content)
 
     async def add_member(
@@ -82,7 +82,7 @@ class Steering:
         bot: bool = False,
         status: str | None = None,
         roles: Sequence[int] = (),
-    ) -> dict[str, Any]:
+    ) -> MemberTruth:
         """A member joins; returns its truth entry (``user_id`` as a string)."""
         return self.engine.add_member(
             guild_id,
@@ -99,8 +99,13 @@ class Steering:
         self.engine.remove_member(guild_id, user_id)
 
     async def update_member(
-        self, guild_id: int, user_id: int, *, nick: str | None = UNSET, roles: Sequence[int] = UNSET
-    ) -> dict[str, Any]:
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        nick: str | Unset | None = UNSET,
+        roles: Sequence[int] | Unset = UNSET,
+    ) -> MemberTruth:
         return self.engine.update_member(guild_id, user_id, nick=nick, roles=roles)
 
     async def set_role_color(self, guild_id: int, role_id: int, color: int) -> None:
@@ -114,10 +119,10 @@ class Steering:
         guild_id: int,
         channel_id: int,
         *,
-        overwrites: Sequence[Overwrite] = UNSET,
-        nsfw: bool = UNSET,
-        name: str = UNSET,
-    ) -> dict[str, Any]:
+        overwrites: Sequence[Overwrite] | Unset = UNSET,
+        nsfw: bool | Unset = UNSET,
+        name: str | Unset = UNSET,
+    ) -> ChannelTruth:
         """Change a channel's permission overwrites / NSFW flag / name (CHANNEL_UPDATE); its truth entry."""
         return self.engine.update_channel(guild_id, channel_id, overwrites=overwrites, nsfw=nsfw, name=name)
 
@@ -130,7 +135,7 @@ class Steering:
         parent_id: int | None = None,
         overwrites: Sequence[Overwrite] = (),
         nsfw: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ChannelTruth:
         """A new channel, category or thread (CHANNEL_CREATE / THREAD_CREATE); its truth entry."""
         return self.engine.create_channel(
             guild_id, name, type=type, parent_id=parent_id, overwrites=overwrites, nsfw=nsfw
@@ -193,7 +198,7 @@ class Steering:
             raise InvalidValueError("interval_ms must be an integer 100..120000")
         self.hub.heartbeat_interval_ms = interval_ms
 
-    async def add_guild(self, size: int) -> dict[str, Any]:
+    async def add_guild(self, size: int) -> AddedGuild:
         """The bot is added to a new guild of ``size`` members (GUILD_CREATE live); answers its id."""
         return self.engine.add_guild(size)
 

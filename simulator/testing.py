@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from shared.discord_rules import DEFAULT_ROLE_COLOR
+from simulator.payloads import WorldTruth
 
 if TYPE_CHECKING:
     import discord
@@ -20,6 +21,24 @@ if TYPE_CHECKING:
     from simulator.server import Simulator
 
 SIM_TOKEN = "simulated-bot-token"
+
+
+class MemberView(TypedDict):
+    username: str
+    display_name: str
+    status: str
+    role_color: str
+    bot: bool
+
+
+class GuildView(TypedDict):
+    name: str
+    member_count: int | None
+    members: dict[str, MemberView]
+
+
+# guild id -> what a client holds (or the truth says) about the guild
+View = dict[str, GuildView]
 
 
 def all_intents() -> discord.Intents:
@@ -93,7 +112,7 @@ def colour_hex(colour: discord.Colour) -> str:
     return f"#{colour.value:06x}" if colour.value else DEFAULT_ROLE_COLOR
 
 
-def client_view(client: discord.Client) -> dict[str, Any]:
+def client_view(client: discord.Client) -> View:
     """What a discord.py client holds, keyed by guild id and user id (strings)."""
     return {
         str(guild.id): {
@@ -114,7 +133,7 @@ def client_view(client: discord.Client) -> dict[str, Any]:
     }
 
 
-def truth_view(state: dict[str, Any], guild_ids: set[str] | None = None) -> dict[str, Any]:
+def truth_view(state: WorldTruth, guild_ids: set[str] | None = None) -> View:
     """The simulator's truth (``Simulator.state()`` or ``GET /_sim/state``) in :func:`client_view`'s shape."""
     return {
         guild["id"]: {
@@ -136,7 +155,7 @@ def truth_view(state: dict[str, Any], guild_ids: set[str] | None = None) -> dict
     }
 
 
-def view_differences(truth: dict[str, Any], seen: dict[str, Any], limit: int = 20) -> list[str]:
+def view_differences(truth: View, seen: View, limit: int = 20) -> list[str]:
     """Human-readable differences between two views (empty when equal), for assertion messages."""
     problems: list[str] = []
     for guild_id in sorted(set(truth) | set(seen)):
@@ -144,9 +163,12 @@ def view_differences(truth: dict[str, Any], seen: dict[str, Any], limit: int = 2
             problems.append(f"guild {guild_id}: only in {'truth' if guild_id in truth else 'client'}")
             continue
         t, s = truth[guild_id], seen[guild_id]
-        for key in ("name", "member_count"):
-            if t[key] != s[key]:
-                problems.append(f"guild {guild_id} {key}: truth {t[key]!r} client {s[key]!r}")
+        for key, in_truth, in_client in (
+            ("name", t["name"], s["name"]),
+            ("member_count", t["member_count"], s["member_count"]),
+        ):
+            if in_truth != in_client:
+                problems.append(f"guild {guild_id} {key}: truth {in_truth!r} client {in_client!r}")
         for user_id in sorted(set(t["members"]) | set(s["members"])):
             tm, sm = t["members"].get(user_id), s["members"].get(user_id)
             if tm != sm:

@@ -9,10 +9,25 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.discord_rules import DEFAULT_ROLE_COLOR
 from shared.errors import DzoneError
+from simulator.payloads import (
+    ChannelPayload,
+    ChannelTruth,
+    GuildCreatePayload,
+    GuildPayload,
+    GuildTruth,
+    MemberPayload,
+    MemberTruth,
+    MessagePayload,
+    OverwritePayload,
+    PresencePayload,
+    RolePayload,
+    ThreadPayload,
+    UserPayload,
+    WorldTruth,
+)
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 STATUSES = ("online", "idle", "dnd", "offline")
@@ -114,7 +129,7 @@ class Channel:
     parent_id: int | None = None
     nsfw: bool = False
     overwrites: list[Overwrite] = field(default_factory=list)
-    messages: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT_PER_CHANNEL))
+    messages: deque[MessagePayload] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT_PER_CHANNEL))
 
     @property
     def is_thread(self) -> bool:
@@ -170,7 +185,7 @@ def display_name(member: Member) -> str:
 # Discord JSON payloads (gateway v10 / REST v10 shapes, the fields discord.py 2.x reads)
 
 
-def user_payload(user: User) -> dict[str, Any]:
+def user_payload(user: User) -> UserPayload:
     return {
         "id": str(user.id),
         "username": user.username,
@@ -182,7 +197,7 @@ def user_payload(user: User) -> dict[str, Any]:
     }
 
 
-def role_payload(role: Role) -> dict[str, Any]:
+def role_payload(role: Role) -> RolePayload:
     return {
         "id": str(role.id),
         "name": role.name,
@@ -200,7 +215,7 @@ def role_payload(role: Role) -> dict[str, Any]:
     }
 
 
-def overwrite_payload(overwrite: Overwrite) -> dict[str, Any]:
+def overwrite_payload(overwrite: Overwrite) -> OverwritePayload:
     return {
         "id": str(overwrite.id),
         "type": overwrite.type,
@@ -209,9 +224,9 @@ def overwrite_payload(overwrite: Overwrite) -> dict[str, Any]:
     }
 
 
-def channel_payload(guild_id: int, channel: Channel) -> dict[str, Any]:
+def channel_payload(guild_id: int, channel: Channel) -> ChannelPayload:
     """A guild channel (text or category) as in GUILD_CREATE's ``channels`` and CHANNEL_* events."""
-    payload: dict[str, Any] = {
+    payload: ChannelPayload = {
         "id": str(channel.id),
         "type": channel.type,
         "guild_id": str(guild_id),
@@ -223,11 +238,13 @@ def channel_payload(guild_id: int, channel: Channel) -> dict[str, Any]:
         "flags": 0,
     }
     if channel.type == TEXT_CHANNEL:
-        payload.update(topic=channel.topic, rate_limit_per_user=0, last_message_id=None)
+        payload["topic"] = channel.topic
+        payload["rate_limit_per_user"] = 0
+        payload["last_message_id"] = None
     return payload
 
 
-def thread_payload(guild_id: int, thread: Channel, owner_id: int) -> dict[str, Any]:
+def thread_payload(guild_id: int, thread: Channel, owner_id: int) -> ThreadPayload:
     """A public thread as in GUILD_CREATE's ``threads`` and THREAD_* events (no overwrites of its own)."""
     return {
         "id": str(thread.id),
@@ -252,15 +269,15 @@ def thread_payload(guild_id: int, thread: Channel, owner_id: int) -> dict[str, A
     }
 
 
-def channel_event_payload(guild: Guild, channel: Channel) -> dict[str, Any]:
+def channel_event_payload(guild: Guild, channel: Channel) -> ChannelPayload | ThreadPayload:
     """The payload Discord sends for this channel: thread shape for a thread, channel shape otherwise."""
     if channel.is_thread:
         return thread_payload(guild.id, channel, guild.owner_id)
     return channel_payload(guild.id, channel)
 
 
-def member_payload(member: Member, *, with_user: bool = True) -> dict[str, Any]:
-    payload: dict[str, Any] = {
+def member_payload(member: Member, *, with_user: bool = True) -> MemberPayload:
+    payload: MemberPayload = {
         "nick": member.nick,
         "roles": [str(r) for r in member.roles],
         "joined_at": member.joined_at,
@@ -277,7 +294,7 @@ def member_payload(member: Member, *, with_user: bool = True) -> dict[str, Any]:
     return payload
 
 
-def presence_payload(guild_id: int, user: User) -> dict[str, Any]:
+def presence_payload(guild_id: int, user: User) -> PresencePayload:
     status = user.status
     return {
         "user": {"id": str(user.id)},
@@ -294,7 +311,7 @@ def guild_create_payload(
     bot_user_id: int,
     large_threshold: int,
     with_presences: bool,
-) -> dict[str, Any]:
+) -> GuildCreatePayload:
     """GUILD_CREATE as Discord sends it to a bot.
 
     With the presences intent, a small guild comes with all members; a large one (more than
@@ -316,6 +333,27 @@ def guild_create_payload(
         if with_presences
         else []
     )
+    return {
+        **guild_update_payload(guild),
+        "joined_at": guild.members[bot_user_id].joined_at if bot_user_id in guild.members else None,
+        "large": large,
+        "unavailable": False,
+        "member_count": member_count,
+        "voice_states": [],
+        "members": [member_payload(m) for m in members],
+        "channels": [channel_payload(guild.id, c) for c in guild.channels.values() if not c.is_thread],
+        "threads": [
+            thread_payload(guild.id, c, guild.owner_id) for c in guild.channels.values() if c.is_thread
+        ],
+        "presences": presences,
+        "stage_instances": [],
+        "guild_scheduled_events": [],
+        "soundboard_sounds": [],
+    }
+
+
+def guild_update_payload(guild: Guild) -> GuildPayload:
+    """The guild's own fields: GUILD_UPDATE, and the start of GUILD_CREATE."""
     return {
         "id": str(guild.id),
         "name": guild.name,
@@ -344,30 +382,7 @@ def guild_create_payload(
         "preferred_locale": "en-US",
         "nsfw_level": 0,
         "premium_progress_bar_enabled": False,
-        "joined_at": guild.members[bot_user_id].joined_at if bot_user_id in guild.members else None,
-        "large": large,
-        "unavailable": False,
-        "member_count": member_count,
-        "voice_states": [],
-        "members": [member_payload(m) for m in members],
-        "channels": [channel_payload(guild.id, c) for c in guild.channels.values() if not c.is_thread],
-        "threads": [
-            thread_payload(guild.id, c, guild.owner_id) for c in guild.channels.values() if c.is_thread
-        ],
-        "presences": presences,
-        "stage_instances": [],
-        "guild_scheduled_events": [],
-        "soundboard_sounds": [],
     }
-
-
-def guild_update_payload(guild: Guild) -> dict[str, Any]:
-    payload = guild_create_payload(guild, bot_user_id=0, large_threshold=0, with_presences=False)
-    for key in ("members", "presences", "channels", "threads", "voice_states", "large", "member_count"):
-        payload.pop(key)
-    payload.pop("joined_at")
-    payload.pop("unavailable")
-    return payload
 
 
 _USER_MENTION = re.compile(r"<@!?([0-9]{1,20})>")
@@ -376,7 +391,7 @@ _ROLE_MENTION = re.compile(r"<@&([0-9]{1,20})>")
 
 def message_payload(
     guild: Guild, channel_id: int, message_id: int, member: Member, content: str
-) -> dict[str, Any]:
+) -> MessagePayload:
     """MESSAGE_CREATE's payload; like Discord, ``mentions`` carries the mentioned members (with ``member``)."""
     guild_id = guild.id
     mentioned = [guild.members[int(i)] for i in dict.fromkeys(_USER_MENTION.findall(content))
@@ -476,7 +491,7 @@ class World:
 
     # -- the truth ----------------------------------------------------------------------------------
 
-    def truth(self) -> dict[str, Any]:
+    def truth(self) -> WorldTruth:
         """The full current state as JSON-ready data (ids as strings, like Discord)."""
         return {
             "bot": {"user_id": str(self.bot_user.id), "username": self.bot_user.username},
@@ -485,7 +500,7 @@ class World:
         }
 
 
-def member_truth(guild: Guild, member: Member) -> dict[str, Any]:
+def member_truth(guild: Guild, member: Member) -> MemberTruth:
     return {
         "user_id": str(member.user.id),
         "username": member.user.username,
@@ -499,7 +514,7 @@ def member_truth(guild: Guild, member: Member) -> dict[str, Any]:
     }
 
 
-def guild_truth(guild: Guild) -> dict[str, Any]:
+def guild_truth(guild: Guild) -> GuildTruth:
     return {
         "id": str(guild.id),
         "name": guild.name,
@@ -521,7 +536,7 @@ def guild_truth(guild: Guild) -> dict[str, Any]:
     }
 
 
-def channel_truth(channel: Channel) -> dict[str, Any]:
+def channel_truth(channel: Channel) -> ChannelTruth:
     return {
         "id": str(channel.id),
         "name": channel.name,

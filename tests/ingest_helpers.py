@@ -12,6 +12,7 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow
 from ingest.writer import GuildSnapshot
 from shared.feed import CHANNEL, FeedEvent, decode
+from simulator.payloads import WorldTruth
 
 
 class DictSource:
@@ -85,9 +86,7 @@ def make_rows(server_id: str, count: int, status: str = "online", start: int = 1
     ]
 
 
-def truth_rows(
-    state: dict[str, Any], include_bots: bool = False
-) -> dict[str, dict[str, tuple[str, str, str]]]:
+def truth_rows(state: WorldTruth, include_bots: bool = False) -> dict[str, dict[str, tuple[str, str, str]]]:
     """The simulator's truth in the shape of :func:`db_view`."""
     return {
         guild["id"]: {

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from ingest.gateway import LEAN_PARSERS, IngestClient
 from ingest.mapping import MemberRow, RoleView
 from ingest.members import BOT, GuildMembers
+from ingest.payloads import MemberPayload, UserPayload
 
 GUILD = 100
 RED, BLUE = 0xFF0000, 0x0000FF
@@ -18,8 +19,8 @@ RED, BLUE = 0xFF0000, 0x0000FF
 
 def member(
     user_id: int, *, nick: str | None = None, roles: tuple[int, ...] = (), bot: bool = False
-) -> dict[str, Any]:
-    user = {"id": str(user_id), "username": f"user{user_id}", "global_name": None, "bot": bot}
+) -> MemberPayload:
+    user: UserPayload = {"id": str(user_id), "username": f"user{user_id}", "global_name": None, "bot": bot}
     return {"user": user, "nick": nick, "roles": [str(r) for r in roles]}
 
 

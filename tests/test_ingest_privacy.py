@@ -17,6 +17,7 @@ import asyncpg
 import discord
 
 from simulator import SimConfig, Simulator
+from simulator.payloads import GuildTruth
 from simulator.world import EVERYONE_PERMISSIONS, VIEW_CHANNEL
 from tests.test_ingest_gateway import running_worker, wait_equal
 from tests.test_serve_support import Viewer, running
@@ -26,7 +27,7 @@ from tests.waiting import wait_for
 class Chat:
     """One guild's channels by name, a visible author, and a viewer joined to the guild."""
 
-    def __init__(self, sim: Simulator, viewer: Viewer, guild: dict[str, Any], author: int) -> None:
+    def __init__(self, sim: Simulator, viewer: Viewer, guild: GuildTruth, author: int) -> None:
         self.sim = sim
         self.viewer = viewer
         self.gid = int(guild["id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import ConfigError, DatabaseSettings, IngestSettings, ServeSettings, load
+from shared.settings import ConfigError, DatabaseSettings, IngestSettings, ServeSettings, default_of, load
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +126,9 @@ def test_writer_defaults_are_the_ingest_settings_defaults(monkeypatch: pytest.Mo
     assert writer_config(load(IngestSettings)) == WriterConfig(batch_max_delay_s=0.007)
     monkeypatch.delenv("DZONE_BATCH_MAX_DELAY_MS")
     assert writer_config(load(IngestSettings)) == WriterConfig()
+
+
+def test_default_of_is_typed_and_refuses_the_wrong_kind() -> None:
+    assert default_of(IngestSettings, "batch_max_rows", int) == 2000
+    with pytest.raises(TypeError, match=r"IngestSettings.batch_max_rows defaults to 2000, not a str"):
+        default_of(IngestSettings, "batch_max_rows", str)

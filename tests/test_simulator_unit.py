@@ -11,8 +11,9 @@ from shared.discord_rules import shard_of
 from simulator import SimConfig, role_color
 from simulator.gateway import Session
 from simulator.names import NameMaker, ascii_fold
+from simulator.payloads import WorldTruth
 from simulator.scenario import STATUS_MIX, Traffic, WorldBuilder, poisson
-from simulator.testing import view_differences
+from simulator.testing import MemberView, View, view_differences
 from simulator.world import Guild, Member, Role, User, display_name
 
 USERNAME = re.compile(r"^[a-z0-9_.]{2,32}$")
@@ -73,7 +74,7 @@ def test_names_are_valid_unique_and_varied() -> None:
 def test_the_same_seed_builds_the_same_world_and_the_same_traffic() -> None:
     config = SimConfig(guild_sizes=[3, 120, 40], seed=42, presence_rate=500, message_rate=50, churn=20)
 
-    def run() -> tuple[dict[str, object], list[object]]:
+    def run() -> tuple[WorldTruth, list[object]]:
         builder = WorldBuilder(config.seed)
         world = builder.build(config)
         traffic = Traffic(config, world, builder)
@@ -137,8 +138,17 @@ def test_config_validation_names_the_bad_setting() -> None:
 
 
 def test_view_differences_reports_a_mismatch() -> None:
-    view = {"1": {"name": "g", "member_count": 1, "members": {"5": {"status": "online"}}}}
-    other = {"1": {"name": "g", "member_count": 1, "members": {"5": {"status": "idle"}}}}
+    def one_member(status: str) -> View:
+        member: MemberView = {
+            "username": "u",
+            "display_name": "u",
+            "status": status,
+            "role_color": "#99aab5",
+            "bot": False,
+        }
+        return {"1": {"name": "g", "member_count": 1, "members": {"5": member}}}
+
+    view, other = one_member("online"), one_member("idle")
     assert view_differences(view, view) == []
     assert "member 5" in view_differences(view, other)[0]
     assert "only in truth" in view_differences(view, {})[0]

@@ -1,0 +1,256 @@
+"""One server's state without I/O: members, settings, viewers and their grants, and every change to them.
+
+Each change (:meth:`ServerCore.apply`, :meth:`~ServerCore.begin_read`, :meth:`~ServerCore.finish_read`,
+:meth:`~ServerCore.set_info`) returns an :class:`Outcome`: the viewers that lose the server, then the frames
+for the others. Visibility (hide offline) and access are decided here only; serve/hub.py does the writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve import frames
+from serve.world import Member, ServerInfo, diff_presences, encode_join, presence_for_change, visible
+from shared.discord_rules import DEFAULT_ROLE_COLOR
+from shared.feed import ChatMessage, FeedEvent, ServerResync, UserDeleted, UserUpserted
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """How a viewer was admitted: ``authenticated`` passed a passworded check, as Discord user ``user_id``
+    (None when a registered validate callback decided, so membership is not re-checked)."""
+
+    authenticated: bool = False
+    user_id: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one change asks of the shell, in this order: cut ``cuts`` (viewer, reason), then send ``frames``
+    to the remaining viewers; ``resync`` asks for a re-read of the server's members."""
+
+    cuts: list[tuple[Any, str]] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
+    resync: bool = False
+
+
+def static_client_id(info: ServerInfo, default: str | None) -> str | None:
+    """The OAuth client id viewers of ``info`` are told when no on_get_client_id callback decides."""
+    return info.oauth_client_id or default
+
+
+class ServerCore:
+    """One server's live members, settings and viewers. ``buffer`` is not None while a (re)read is in flight."""
+
+    __slots__ = (
+        "_join_frame",
+        "buffer",
+        "default_client_id",
+        "grants",
+        "info",
+        "key",
+        "live",
+        "members",
+        "message_max_chars",
+        "viewers",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        info: ServerInfo | None = None,
+        message_max_chars: int = 2000,
+        default_client_id: str | None = None,
+    ) -> None:
+        self.key = key
+        self.info = info  # the server's settings now (None: not joinable)
+        self.message_max_chars = message_max_chars
+        self.default_client_id = default_client_id
+        self.members: dict[str, Member] = {}
+        self.viewers: set[Any] = set()
+        self.grants: dict[Any, Grant] = {}
+        self.live = False
+        self.buffer: list[FeedEvent] | None = None
+        self._join_frame: bytes | None = None
+
+    # ------------------------------------------------------------ viewers
+
+    def enter(self, viewer: Any, grant: Grant) -> None:
+        self.viewers.add(viewer)
+        self.grants[viewer] = grant
+
+    def leave(self, viewer: Any) -> None:
+        self.viewers.discard(viewer)
+        self.grants.pop(viewer, None)
+
+    def qualifies(self, info: ServerInfo | None, grant: Grant) -> bool:
+        """May a viewer admitted with ``grant`` view this server as ``info`` (None: not joinable) says now?"""
+        if info is None:
+            return False
+        if not info.passworded:
+            return True
+        if not grant.authenticated:
+            return False
+        return grant.user_id is None or self._member_now(grant.user_id)
+
+    def _member_now(self, user_id: str) -> bool:
+        """Membership as of the last notification, counting those buffered while the server is re-read."""
+        present = user_id in self.members
+        for event in self.buffer or ():
+            if isinstance(event, UserUpserted | UserDeleted) and event.user_id == user_id:
+                present = isinstance(event, UserUpserted)
+        return present
+
+    def _cut_unqualified(self, out: Outcome) -> None:
+        for viewer, grant in self.grants.items():
+            if not self.qualifies(self.info, grant):
+                out.cuts.append((viewer, "server gone" if self.info is None else "not authorised"))
+
+    # ------------------------------------------------------------ changes
+
+    def apply(self, event: FeedEvent) -> Outcome:
+        """One notification of this server, in commit order (held while a read is in flight)."""
+        out = Outcome()
+        if isinstance(event, UserDeleted) and self.info is not None and self.info.passworded:
+            # A member row went away: that user's sockets lose the server now, even while a read is held.
+            out.cuts.extend(
+                (viewer, "member row deleted")
+                for viewer, g in self.grants.items()
+                if g.user_id == event.user_id
+            )
+        if isinstance(event, ServerResync):
+            if self.live:
+                # Hold later events from now on, not from when the read starts: until the read tells who
+                # is still a member, nothing may reach a viewer who is to be cut.
+                self.begin_read()
+                out.resync = True
+            return out
+        if self.buffer is not None:
+            self.buffer.append(event)
+            return out
+        frame = self._change(event)
+        if frame is not None:
+            out.frames.append(frame)
+        return out
+
+    def _change(self, event: FeedEvent) -> bytes | None:
+        hide = self.info.hide_offline if self.info else False
+        if isinstance(event, UserUpserted):
+            before = self.members.get(event.user_id)
+            after = Member(event.username, event.status, event.role_color)
+            self.members[event.user_id] = after
+            self.invalidate()
+            return presence_for_change(self.key, event.user_id, before, after, hide)
+        if isinstance(event, UserDeleted):
+            gone = self.members.pop(event.user_id, None)
+            if gone is None:
+                return None
+            self.invalidate()
+            return presence_for_change(self.key, event.user_id, gone, None, hide)
+        if isinstance(event, ChatMessage):
+            return self._chat_frame(event.user_id, event.text, event.channel_id)
+        return None
+
+    def _chat_frame(self, uid: str, text: str, channel: str) -> bytes | None:
+        """A message frame only for a relayed server and a member the viewers can see (rule 12)."""
+        info = self.info
+        if info is None or not info.relay_messages:
+            return None
+        member = self.members.get(uid)
+        if member is None or not visible(member, info.hide_offline):
+            return None
+        text = frames.cap_message(text, self.message_max_chars)
+        if not text.strip():
+            return None
+        return frames.message_frame(self.key, uid, text, channel)
+
+    def begin_read(self) -> None:
+        """A read of the members starts: this server's events wait for it from now on."""
+        if self.buffer is None:
+            self.buffer = []
+
+    def finish_read(self, members: dict[str, Member]) -> Outcome:
+        """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), cut viewers who are
+        no longer members, send the others the difference, then the chats held meanwhile."""
+        buffered, self.buffer = self.buffer or [], None
+        chats = []
+        for event in buffered:
+            if isinstance(event, UserUpserted):
+                members[event.user_id] = Member(event.username, event.status, event.role_color)
+            elif isinstance(event, UserDeleted):
+                members.pop(event.user_id, None)
+            elif isinstance(event, ChatMessage):
+                chats.append(event)
+        old, self.members = self.members, members
+        self.live = True
+        self.invalidate()
+        out = Outcome()
+        self._cut_unqualified(out)  # a bulk change may have removed members
+        if self.viewers:
+            hide = self.info.hide_offline if self.info else False
+            out.frames.extend(diff_presences(self.key, old, members, hide, hide))
+        for chat in chats:
+            frame = self._change(chat)
+            if frame is not None:
+                out.frames.append(frame)
+        return out
+
+    def abandon_read(self) -> Outcome:
+        """A read failed: apply what was buffered to the old members so nothing is lost."""
+        buffered, self.buffer = self.buffer or [], None
+        out = Outcome()
+        for event in buffered:
+            frame = self._change(event)
+            if frame is not None:
+                out.frames.append(frame)
+        return out
+
+    def set_info(self, info: ServerInfo | None) -> Outcome:
+        """The server's row changed. Viewers who may no longer view it lose it now (the one place access is
+        re-decided); the others get the difference when hide_offline or the client id changed."""
+        before, self.info = self.info, info
+        out = Outcome()
+        if before == info:
+            return out
+        self.invalidate()
+        self._cut_unqualified(out)
+        if before is None or info is None or not self.viewers:
+            return out
+        if before.hide_offline != info.hide_offline:
+            out.frames.extend(
+                diff_presences(self.key, self.members, self.members, before.hide_offline, info.hide_offline)
+            )
+        new_client_id = static_client_id(info, self.default_client_id)
+        if new_client_id and new_client_id != static_client_id(before, self.default_client_id):
+            out.frames.append(frames.client_id_frame(self.key, new_client_id))
+        return out
+
+    def push_presence(
+        self, uid: str, status: str, username: str | None, role_color: str | None, delete: bool
+    ) -> bytes | None:
+        """The guide's broadcast_presence: fill name/colour from the cache (d-back fault 13); None for an
+        unknown member without a name (never a ghost)."""
+        before = self.members.get(uid)
+        username = username if username is not None else (before.username if before else None)
+        if username is None:
+            return None
+        color = role_color if role_color is not None else (before.role_color if before else None)
+        color = color or DEFAULT_ROLE_COLOR
+        if delete:
+            self.members.pop(uid, None)
+        else:
+            self.members[uid] = Member(username, status, color)
+        self.invalidate()
+        return frames.presence_frame(self.key, uid, status, username, color, delete=delete)
+
+    # ------------------------------------------------------------ the snapshot
+
+    def invalidate(self) -> None:
+        self._join_frame = None
+
+    def join_frame(self, info: ServerInfo, client_id: str | None, max_users: int) -> bytes:
+        """The server-join frame, encoded once and reused until members or settings change (rule 7)."""
+        if self._join_frame is None:
+            self._join_frame = encode_join(info, self.members, client_id, max_users)
+        return self._join_frame

@@ -1,0 +1,369 @@
+"""Unit tests of serve/core.py, the per-server state without I/O: what each change sends and whom it cuts.
+
+No sockets and no database: viewers are plain strings, and each test reads the :class:`Outcome` a change
+returns. test_serve_access.py and test_serve_protocol.py drive the same core through real sockets.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from serve.core import Grant, Outcome, ServerCore
+from serve.world import Member, ServerInfo
+from shared.feed import ChatMessage, FeedEvent, ServerResync, UserDeleted, UserUpserted
+
+KEY = "100"
+ANN, BOB, CAT = "1", "2", "3"
+OPEN = ServerInfo(KEY, "open", "Open")
+HIDING = dataclasses.replace(OPEN, hide_offline=True)
+PASSWORDED = dataclasses.replace(OPEN, passworded=True)
+ANONYMOUS = Grant()
+ANN_SIGNED_IN = Grant(authenticated=True, user_id=ANN)
+BY_CALLBACK = Grant(authenticated=True, user_id=None)  # a validate callback decided: no membership check
+
+
+def upsert(uid: str, status: str = "online", username: str | None = None) -> UserUpserted:
+    return UserUpserted(1, KEY, uid, username or f"user{uid}", status, "#ff0000")  # type: ignore[arg-type]
+
+
+def delete(uid: str) -> UserDeleted:
+    return UserDeleted(1, KEY, uid)
+
+
+def chat(uid: str, text: str = "hello") -> ChatMessage:
+    return ChatMessage(1, KEY, uid, "c1", "m1", text)
+
+
+def core(info: ServerInfo | None = OPEN, *members: tuple[str, str], viewers: int = 1) -> ServerCore:
+    """A live core with ``members`` (uid, status) and anonymous viewers "v0", "v1", ..."""
+    state = ServerCore(KEY, info, message_max_chars=10, default_client_id="default-app")
+    state.begin_read()
+    state.finish_read({uid: Member(f"user{uid}", status, "#ff0000") for uid, status in members})
+    for n in range(viewers):
+        state.enter(f"v{n}", ANONYMOUS)
+    return state
+
+
+def sent(out: Outcome) -> list[dict[str, Any]]:
+    return [orjson.loads(frame) for frame in out.frames]
+
+
+def presence(
+    uid: str, status: str = "online", *, delete: bool = False, username: str | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "uid": uid,
+        "status": status,
+        "username": username or f"user{uid}",
+        "roleColor": "#ff0000",
+    }
+    if delete:
+        data["delete"] = True
+    return {"type": "presence", "server": KEY, "data": data}
+
+
+def test_the_core_imports_no_io() -> None:
+    """serve/core.py and the project modules it imports use no event loop, socket or database library."""
+    root = Path(__file__).resolve().parent.parent
+    seen: set[str] = set()
+    todo = ["serve.core"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert name.split(".")[0] not in {"asyncio", "websockets", "asyncpg", "socket"}, (
+                    module,
+                    name,
+                )
+                if name.split(".")[0] in {"serve", "shared"} and name != "serve":
+                    todo.append(name)
+                if name == "serve" and isinstance(node, ast.ImportFrom):
+                    todo.extend(f"serve.{a.name}" for a in node.names)
+    assert {"serve.core", "serve.world", "serve.frames", "shared.feed"} <= seen
+
+
+# -- apply: upsert ------------------------------------------------------------------------------------
+
+
+def test_an_upsert_of_a_new_member_sends_it_and_invalidates_the_snapshot() -> None:
+    state = core()
+    before = state.join_frame(OPEN, None, 100)
+    out = state.apply(upsert(ANN))
+    assert sent(out) == [presence(ANN)] and out.cuts == [] and not out.resync
+    assert ANN in state.members and state.join_frame(OPEN, None, 100) != before
+
+
+def test_an_upsert_that_changes_nothing_a_viewer_sees_sends_nothing() -> None:
+    state = core(OPEN, (ANN, "online"))
+    assert sent(state.apply(upsert(ANN))) == []
+
+
+def test_an_upsert_to_offline_on_a_hiding_server_deletes_the_member_for_viewers() -> None:
+    state = core(HIDING, (ANN, "online"))
+    assert sent(state.apply(upsert(ANN, "offline"))) == [presence(ANN, "offline", delete=True)]
+    assert state.members[ANN].status == "offline"  # kept: it is hidden, not gone
+    assert sent(state.apply(upsert(ANN, "offline"))) == []  # hidden before and after
+    assert sent(state.apply(upsert(ANN, "idle"))) == [presence(ANN, "idle")]
+
+
+def test_an_upsert_without_viewers_still_updates_the_members() -> None:
+    state = core(viewers=0)
+    state.apply(upsert(ANN))
+    assert state.members[ANN].username == f"user{ANN}"
+
+
+# -- apply: delete ------------------------------------------------------------------------------------
+
+
+def test_a_delete_of_a_member_sends_its_delete() -> None:
+    state = core(OPEN, (ANN, "idle"))
+    assert sent(state.apply(delete(ANN))) == [presence(ANN, "idle", delete=True)]
+    assert ANN not in state.members
+
+
+def test_a_delete_of_an_unknown_member_sends_nothing() -> None:
+    state = core(OPEN, (ANN, "online"))
+    before = state.join_frame(OPEN, None, 100)
+    assert state.apply(delete(BOB)) == Outcome()
+    assert state.join_frame(OPEN, None, 100) is before  # nothing changed: the cached snapshot stays
+
+
+def test_a_delete_on_a_passworded_server_cuts_that_users_viewers_before_sending() -> None:
+    state = core(PASSWORDED, (ANN, "online"), (BOB, "online"), viewers=0)
+    state.enter("ann-tab-1", ANN_SIGNED_IN)
+    state.enter("ann-tab-2", ANN_SIGNED_IN)
+    state.enter("bob", Grant(True, BOB))
+    state.enter("callback", BY_CALLBACK)
+    out = state.apply(delete(ANN))
+    assert sorted(out.cuts) == [("ann-tab-1", "member row deleted"), ("ann-tab-2", "member row deleted")]
+    assert sent(out) == [presence(ANN, delete=True)]
+
+
+def test_a_delete_on_an_open_server_cuts_nobody() -> None:
+    state = core(OPEN, (ANN, "online"), viewers=0)
+    state.enter("ann", ANN_SIGNED_IN)
+    assert state.apply(delete(ANN)).cuts == []
+
+
+# -- apply: chat --------------------------------------------------------------------------------------
+
+
+def test_a_chat_of_a_visible_member_is_relayed_capped_on_one_line() -> None:
+    state = core(OPEN, (ANN, "online"))
+    out = state.apply(chat(ANN, "line one\nline two"))
+    assert sent(out) == [
+        {"type": "message", "server": KEY, "data": {"uid": ANN, "message": "line one l", "channel": "c1"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("info", "uid", "text"),
+    [
+        (dataclasses.replace(OPEN, relay_messages=False), ANN, "hi"),  # not a relayed server
+        (OPEN, BOB, "hi"),  # not a member
+        (HIDING, CAT, "hi"),  # a member the viewers cannot see
+        (OPEN, ANN, " \n "),  # nothing left to show
+        (None, ANN, "hi"),  # the server is gone
+    ],
+)
+def test_a_chat_is_dropped(info: ServerInfo | None, uid: str, text: str) -> None:
+    state = core(info, (ANN, "online"), (CAT, "offline"))
+    assert state.apply(chat(uid, text)) == Outcome()
+
+
+def test_a_chat_does_not_change_the_members() -> None:
+    state = core(OPEN, (ANN, "online"))
+    before = state.join_frame(OPEN, None, 100)
+    state.apply(chat(ANN))
+    assert state.join_frame(OPEN, None, 100) is before
+
+
+# -- reads: buffering, replay, resync diff ------------------------------------------------------------
+
+
+def test_events_during_a_read_are_held_and_replayed_on_top_of_it() -> None:
+    state = core(OPEN, (ANN, "online"), (BOB, "online"))
+    state.begin_read()
+    held: list[FeedEvent] = [upsert(CAT, "idle"), delete(BOB), chat(CAT, "hi"), upsert(ANN, "dnd")]
+    for event in held:
+        assert state.apply(event) == Outcome()  # nothing is sent while the read is in flight
+    # The read saw an older world: Bob still there, Ann online, no Cat.
+    out = state.finish_read(
+        {ANN: Member(f"user{ANN}", "online", "#ff0000"), BOB: Member(f"user{BOB}", "online", "#ff0000")}
+    )
+    assert set(state.members) == {ANN, CAT} and state.members[ANN].status == "dnd"
+    assert state.buffer is None and state.live
+    frames = sent(out)
+    # The difference from what viewers had, then the chat held meanwhile (after its author exists).
+    assert sorted(frames[:-1], key=str) == sorted(
+        [presence(ANN, "dnd"), presence(CAT, "idle"), presence(BOB, delete=True)], key=str
+    )
+    assert frames[-1]["type"] == "message" and frames[-1]["data"]["uid"] == CAT
+
+
+def test_a_resync_diff_sends_only_what_changed() -> None:
+    state = core(HIDING, (ANN, "online"), (BOB, "online"), (CAT, "offline"))
+    state.begin_read()
+    out = state.finish_read(
+        {
+            ANN: Member(f"user{ANN}", "online", "#ff0000"),  # unchanged
+            BOB: Member(f"user{BOB}", "offline", "#ff0000"),  # now hidden
+            CAT: Member("renamed", "offline", "#ff0000"),  # hidden before and after
+        }
+    )
+    assert sent(out) == [presence(BOB, "offline", delete=True)]
+
+
+def test_a_read_without_viewers_sends_nothing() -> None:
+    state = core(OPEN, (ANN, "online"), viewers=0)
+    state.begin_read()
+    assert state.finish_read({}).frames == []
+
+
+def test_a_resync_notification_holds_events_and_asks_for_a_read() -> None:
+    state = core(OPEN, (ANN, "online"))
+    out = state.apply(ServerResync(1, KEY))
+    assert out.resync and out.frames == [] and state.buffer == []
+    assert state.apply(upsert(BOB)) == Outcome()
+    assert state.buffer == [upsert(BOB)]
+    assert state.apply(ServerResync(1, KEY)).resync  # a second one keeps what is held
+    assert state.buffer == [upsert(BOB)]
+
+
+def test_a_resync_notification_before_the_first_read_asks_for_nothing() -> None:
+    state = ServerCore(KEY, OPEN)
+    assert state.apply(ServerResync(1, KEY)) == Outcome() and state.buffer is None
+
+
+def test_a_failed_read_applies_what_was_held_to_the_old_members() -> None:
+    state = core(OPEN, (ANN, "online"))
+    state.begin_read()
+    state.apply(upsert(BOB))
+    state.apply(delete(ANN))
+    out = state.abandon_read()
+    assert sent(out) == [presence(BOB), presence(ANN, delete=True)]
+    assert set(state.members) == {BOB} and state.buffer is None
+
+
+def test_a_read_cuts_signed_in_viewers_who_are_no_longer_members() -> None:
+    state = core(PASSWORDED, (ANN, "online"), (BOB, "online"), viewers=0)
+    state.enter("ann", ANN_SIGNED_IN)
+    state.enter("bob", Grant(True, BOB))
+    state.begin_read()
+    out = state.finish_read({BOB: Member(f"user{BOB}", "online", "#ff0000")})
+    assert out.cuts == [("ann", "not authorised")]
+
+
+def test_membership_counts_events_held_during_a_read() -> None:
+    state = core(PASSWORDED, (BOB, "online"), viewers=0)
+    state.begin_read()
+    state.apply(upsert(ANN))
+    assert state.qualifies(PASSWORDED, ANN_SIGNED_IN)
+    state.apply(delete(ANN))
+    assert not state.qualifies(PASSWORDED, ANN_SIGNED_IN)
+
+
+# -- settings: set_info -------------------------------------------------------------------------------
+
+
+def test_switching_hide_offline_on_deletes_offline_members_and_off_sends_them() -> None:
+    state = core(OPEN, (ANN, "online"), (BOB, "offline"))
+    assert sent(state.set_info(HIDING)) == [presence(BOB, "offline", delete=True)]
+    assert sent(state.set_info(OPEN)) == [presence(BOB, "offline")]
+    assert state.info == OPEN
+
+
+def test_the_same_info_again_changes_nothing() -> None:
+    state = core(OPEN, (ANN, "online"))
+    before = state.join_frame(OPEN, None, 100)
+    assert state.set_info(OPEN) == Outcome()
+    assert state.join_frame(OPEN, None, 100) is before
+
+
+def test_a_new_client_id_is_sent_and_the_default_one_is_not_resent() -> None:
+    state = core(OPEN, (ANN, "online"))
+    own = dataclasses.replace(OPEN, oauth_client_id="own-app")
+    assert sent(state.set_info(own)) == [
+        {"type": "update-clientid", "server": KEY, "data": {"clientId": "own-app"}}
+    ]
+    renamed = dataclasses.replace(own, name="Renamed")
+    assert state.set_info(renamed) == Outcome()  # same client id: nothing to tell
+
+
+def test_a_server_that_becomes_passworded_cuts_anonymous_viewers_only() -> None:
+    state = core(OPEN, (ANN, "online"), viewers=0)
+    state.enter("anonymous", ANONYMOUS)
+    state.enter("ann", ANN_SIGNED_IN)
+    state.enter("callback", BY_CALLBACK)
+    out = state.set_info(PASSWORDED)
+    assert out.cuts == [("anonymous", "not authorised")] and out.frames == []
+
+
+def test_a_passworded_server_cuts_signed_in_viewers_who_are_not_members() -> None:
+    state = core(OPEN, (BOB, "online"), viewers=0)
+    state.enter("ann", ANN_SIGNED_IN)
+    state.enter("bob", Grant(True, BOB))
+    assert state.set_info(PASSWORDED).cuts == [("ann", "not authorised")]
+
+
+def test_a_server_that_is_disabled_or_departed_cuts_every_viewer() -> None:
+    state = core(OPEN, (ANN, "online"), viewers=0)
+    state.enter("anonymous", ANONYMOUS)
+    state.enter("ann", ANN_SIGNED_IN)
+    out = state.set_info(None)
+    assert out.cuts == [("anonymous", "server gone"), ("ann", "server gone")] and out.frames == []
+
+
+def test_cuts_come_with_the_frames_for_the_viewers_left() -> None:
+    """A row that both hides offline members and becomes passworded: the shell cuts first, then sends."""
+    state = core(OPEN, (ANN, "online"), (BOB, "offline"), viewers=0)
+    state.enter("anonymous", ANONYMOUS)
+    state.enter("ann", ANN_SIGNED_IN)
+    out = state.set_info(dataclasses.replace(PASSWORDED, hide_offline=True))
+    assert out.cuts == [("anonymous", "not authorised")]
+    assert sent(out) == [presence(BOB, "offline", delete=True)]
+
+
+def test_a_viewer_that_left_is_not_cut() -> None:
+    state = core(OPEN, viewers=0)
+    state.enter("gone", ANONYMOUS)
+    state.leave("gone")
+    assert state.set_info(None).cuts == [] and not state.viewers
+
+
+# -- the guide's broadcast_presence -------------------------------------------------------------------
+
+
+def test_a_pushed_presence_fills_name_and_colour_from_the_cache() -> None:
+    state = core(OPEN, (ANN, "online"))
+    frame = state.push_presence(ANN, "idle", None, None, delete=False)
+    assert frame is not None and orjson.loads(frame) == presence(ANN, "idle")
+    assert state.members[ANN].status == "idle"
+
+
+def test_a_pushed_presence_of_an_unknown_member_without_a_name_is_dropped() -> None:
+    state = core(OPEN)
+    assert state.push_presence(BOB, "online", None, None, delete=False) is None and not state.members
+
+
+def test_a_pushed_delete_removes_the_member() -> None:
+    state = core(OPEN, (ANN, "online"))
+    frame = state.push_presence(ANN, "offline", None, None, delete=True)
+    assert frame is not None and orjson.loads(frame)["data"]["delete"] is True and ANN not in state.members
