@@ -55,22 +55,32 @@ COMMENT ON COLUMN discord_visibility.value IS 'A user id, or a role given by its
 
 # Role rules match a role by id or by exact name (names through discord_roles), so an opt-out role
 # created after the rule ("hide me from d-zone") counts from the moment the ingest writes it.
+# PL/pgSQL, not SQL: its statements' plans are cached per session, where a SQL function with CTEs is
+# planned again on every call (it runs once per written row). A server without rules costs one probe.
 FUNCTIONS = """
 CREATE FUNCTION dzone_member_hidden(p_server_id text, p_user_id text, p_role_ids text[])
-RETURNS boolean LANGUAGE sql STABLE AS $$
-    WITH rules AS (
-        SELECT rule, value FROM discord_visibility WHERE server_id = p_server_id
-    ), held AS (
-        SELECT r.role_id, d.name
-        FROM unnest(p_role_ids) AS r(role_id)
-        LEFT JOIN discord_roles d ON d.server_id = p_server_id AND d.role_id = r.role_id
-    ), matched AS (
-        SELECT rules.rule FROM rules JOIN held ON rules.value IN (held.role_id, held.name)
-    )
-    SELECT EXISTS (SELECT 1 FROM rules WHERE rule = 'hide_user' AND value = p_user_id)
-        OR EXISTS (SELECT 1 FROM matched WHERE rule IN ('exclude_role', 'opt_out_role'))
-        OR (EXISTS (SELECT 1 FROM rules WHERE rule = 'include_role')
-            AND NOT EXISTS (SELECT 1 FROM matched WHERE rule = 'include_role'))
+RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    held text[];  -- the member's roles, by id and by name
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM discord_visibility WHERE server_id = p_server_id) THEN
+        RETURN FALSE;
+    END IF;
+    IF EXISTS (SELECT 1 FROM discord_visibility
+               WHERE server_id = p_server_id AND rule = 'hide_user' AND value = p_user_id) THEN
+        RETURN TRUE;
+    END IF;
+    held := p_role_ids || ARRAY(
+        SELECT name FROM discord_roles WHERE server_id = p_server_id AND role_id = ANY (p_role_ids));
+    IF EXISTS (SELECT 1 FROM discord_visibility
+               WHERE server_id = p_server_id AND rule IN ('exclude_role', 'opt_out_role')
+                 AND value = ANY (held)) THEN
+        RETURN TRUE;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM discord_visibility WHERE server_id = p_server_id AND rule = 'include_role')
+       AND NOT EXISTS (SELECT 1 FROM discord_visibility
+                       WHERE server_id = p_server_id AND rule = 'include_role' AND value = ANY (held));
+END
 $$;
 
 CREATE FUNCTION dzone_users_hidden() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -80,8 +90,16 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER discord_users_hidden BEFORE INSERT OR UPDATE ON discord_users
+-- Every insert (an upsert's proposed row too), but an update only when what decides changed: a
+-- presence or a rename leaves the row's visibility as it was. Writing ``hidden`` itself recomputes it,
+-- so an operator's UPDATE cannot set it against the rules.
+CREATE TRIGGER discord_users_hidden_insert BEFORE INSERT ON discord_users
     FOR EACH ROW EXECUTE FUNCTION dzone_users_hidden();
+CREATE TRIGGER discord_users_hidden_update BEFORE UPDATE ON discord_users
+    FOR EACH ROW
+    WHEN ((OLD.server_id, OLD.user_id, OLD.role_ids, OLD.hidden)
+          IS DISTINCT FROM (NEW.server_id, NEW.user_id, NEW.role_ids, NEW.hidden))
+    EXECUTE FUNCTION dzone_users_hidden();
 
 -- One server's rows whose visibility changed are updated (and so announced by the feed trigger).
 CREATE FUNCTION dzone_recompute_hidden(p_server_id text) RETURNS void LANGUAGE sql AS $$
@@ -123,26 +141,35 @@ CREATE TRIGGER discord_roles_deleted AFTER DELETE ON discord_roles
     REFERENCING OLD TABLE AS changed_roles FOR EACH STATEMENT EXECUTE FUNCTION dzone_roles_changed();
 """
 
-# Hidden rows announce nothing; a row turning hidden is a delete, turning visible an upsert. An update
-# that changes nothing a viewer sees (the role ids only) announces nothing either.
+# A visible row is announced as before. A hidden one is announced by its ids only, as a delete with
+# "hidden": true (the member is still in the guild, which matters to a passworded server's access): so
+# a row turning hidden is such a delete, turning visible an upsert, and a row deleted is a plain delete,
+# hidden or not. A hidden row's other changes, and a visible row's change of role ids alone, announce
+# nothing.
 FEED = """
 CREATE OR REPLACE FUNCTION dzone_users_feed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF dzone_feed_bulk() THEN
         RETURN NULL;
     END IF;
-    IF TG_OP = 'UPDATE' AND NOT OLD.hidden AND NOT NEW.hidden
-            AND (OLD.server_id, OLD.user_id, OLD.username, OLD.status, OLD.role_color)
-                IS NOT DISTINCT FROM (NEW.server_id, NEW.user_id, NEW.username, NEW.status, NEW.role_color) THEN
+    IF TG_OP = 'UPDATE' AND (OLD.server_id, OLD.user_id) IS NOT DISTINCT FROM (NEW.server_id, NEW.user_id)
+            AND ((OLD.hidden AND NEW.hidden)
+                 OR (NOT OLD.hidden AND NOT NEW.hidden
+                     AND (OLD.username, OLD.status, OLD.role_color)
+                         IS NOT DISTINCT FROM (NEW.username, NEW.status, NEW.role_color))) THEN
         RETURN NULL;
     END IF;
-    IF NOT OLD.hidden AND (TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND (NEW.hidden
-            OR (OLD.server_id, OLD.user_id) IS DISTINCT FROM (NEW.server_id, NEW.user_id)))) THEN
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE'
+            AND (OLD.server_id, OLD.user_id) IS DISTINCT FROM (NEW.server_id, NEW.user_id)) THEN
         PERFORM pg_notify('dzone_feed', json_build_object(
             'kind', 'user', 'op', 'delete', 'seq', nextval('dzone_feed_seq'),
-            'server_id', OLD.server_id, 'user_id', OLD.user_id)::text);
+            'server_id', OLD.server_id, 'user_id', OLD.user_id, 'hidden', false)::text);
     END IF;
-    IF TG_OP <> 'DELETE' AND NOT NEW.hidden THEN
+    IF TG_OP <> 'DELETE' AND NEW.hidden THEN
+        PERFORM pg_notify('dzone_feed', json_build_object(
+            'kind', 'user', 'op', 'delete', 'seq', nextval('dzone_feed_seq'),
+            'server_id', NEW.server_id, 'user_id', NEW.user_id, 'hidden', true)::text);
+    ELSIF TG_OP <> 'DELETE' THEN
         PERFORM pg_notify('dzone_feed', json_build_object(
             'kind', 'user', 'op', 'upsert', 'seq', nextval('dzone_feed_seq'),
             'server_id', NEW.server_id, 'user_id', NEW.user_id, 'username', NEW.username,
@@ -214,7 +241,8 @@ GROUP BY s.server_id;
 
 DROP TABLE discord_visibility;
 DROP TABLE discord_roles;
-DROP TRIGGER discord_users_hidden ON discord_users;
+DROP TRIGGER discord_users_hidden_insert ON discord_users;
+DROP TRIGGER discord_users_hidden_update ON discord_users;
 DROP FUNCTION dzone_roles_changed();
 DROP FUNCTION dzone_visibility_changed();
 DROP FUNCTION dzone_recompute_hidden(text);
