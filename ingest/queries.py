@@ -26,26 +26,42 @@ __all__ = [
     "SYNC_CREATE_CHANGED",
     "SYNC_CREATE_TEMP",
     "SYNC_DELETE_DEPARTED",
+    "SYNC_INSERT",
     "SYNC_TEMP_TABLE",
-    "SYNC_UPSERT",
+    "SYNC_UPDATE",
     "USERS_DELETE_SERVER",
     "WRITE_CHANNELS",
     "WRITE_MEMBERS",
 ]
 
 # $1..$6: upserted rows as parallel arrays (role ids comma-separated: arrays cannot be ragged);
-# $7, $8: deleted (server_id, user_id) pairs.
+# $7, $8: deleted (server_id, user_id) pairs. Stored rows are UPDATEd and only new ones INSERTed: an
+# upsert would run the rows' BEFORE INSERT triggers (the visibility rules) on every presence change.
+# Every part sees the statement's snapshot, so a row is either updated or inserted, never both; ON
+# CONFLICT covers a row another writer inserted meanwhile.
 WRITE_MEMBERS = """
-WITH gone AS (
+WITH incoming AS (
+    SELECT r.server_id, r.user_id, r.username, r.status, r.role_color,
+           string_to_array(r.role_ids, ',') AS role_ids
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+         AS r(server_id, user_id, username, status, role_color, role_ids)
+), gone AS (
     DELETE FROM discord_users u
     USING unnest($7::text[], $8::text[]) AS d(server_id, user_id)
     WHERE u.server_id = d.server_id AND u.user_id = d.user_id
+), changed AS (
+    UPDATE discord_users u
+    SET username = r.username, status = r.status, role_color = r.role_color, role_ids = r.role_ids
+    FROM incoming r
+    WHERE u.server_id = r.server_id AND u.user_id = r.user_id
+      AND (u.username, u.status, u.role_color, u.role_ids)
+          IS DISTINCT FROM (r.username, r.status, r.role_color, r.role_ids)
 )
 INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
-SELECT r.server_id, r.user_id, r.username, r.status, r.role_color, string_to_array(r.role_ids, ',')
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-     AS r(server_id, user_id, username, status, role_color, role_ids)
+SELECT r.server_id, r.user_id, r.username, r.status, r.role_color, r.role_ids
+FROM incoming r
 WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
+  AND NOT EXISTS (SELECT 1 FROM discord_users e WHERE e.server_id = r.server_id AND e.user_id = r.user_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
     SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
         role_ids = EXCLUDED.role_ids
@@ -123,15 +139,24 @@ SELECT count(*) FROM discord_users u
 WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id)
 """
 
-SYNC_UPSERT = f"""
-INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
-SELECT $1, t.user_id, t.username, t.status, t.role_color, string_to_array(t.role_ids, ',')
+# Changed rows are updated and new ones inserted (as in WRITE_MEMBERS: no per-row insert triggers for
+# rows that exist). The sync holds the guild: nobody else writes its rows meanwhile.
+SYNC_UPDATE = f"""
+UPDATE discord_users u
+SET username = t.username, status = t.status, role_color = t.role_color,
+    role_ids = string_to_array(t.role_ids, ',')
 FROM {SYNC_CHANGED_TABLE} t
+WHERE u.server_id = $1::text AND u.user_id = t.user_id
+"""
+
+SYNC_INSERT = f"""
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
+SELECT $1::text, t.user_id, t.username, t.status, t.role_color, string_to_array(t.role_ids, ',')
+FROM {SYNC_CHANGED_TABLE} t
+WHERE NOT EXISTS (SELECT 1 FROM discord_users e WHERE e.server_id = $1 AND e.user_id = t.user_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
     SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
         role_ids = EXCLUDED.role_ids
-    WHERE (u.username, u.status, u.role_color, u.role_ids)
-          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color, EXCLUDED.role_ids)
 """
 
 SYNC_DELETE_DEPARTED = f"""

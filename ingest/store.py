@@ -119,7 +119,8 @@ async def full_sync(
         if bulk:
             await conn.execute(queries.BULK_MODE)
         if changed:
-            await conn.execute(queries.SYNC_UPSERT, server_id)
+            await conn.execute(queries.SYNC_UPDATE, server_id)
+            await conn.execute(queries.SYNC_INSERT, server_id)
         if departed:
             await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
         if bulk:

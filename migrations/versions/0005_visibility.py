@@ -61,25 +61,22 @@ FUNCTIONS = """
 CREATE FUNCTION dzone_member_hidden(p_server_id text, p_user_id text, p_role_ids text[])
 RETURNS boolean LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    held text[];  -- the member's roles, by id and by name
+    held text[] := p_role_ids;  -- the member's roles, by id and by name
+    verdict boolean;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM discord_visibility WHERE server_id = p_server_id) THEN
         RETURN FALSE;
     END IF;
-    IF EXISTS (SELECT 1 FROM discord_visibility
-               WHERE server_id = p_server_id AND rule = 'hide_user' AND value = p_user_id) THEN
-        RETURN TRUE;
+    IF cardinality(p_role_ids) > 0 THEN
+        held := held || ARRAY(
+            SELECT name::text FROM discord_roles WHERE server_id = p_server_id AND role_id = ANY (p_role_ids));
     END IF;
-    held := p_role_ids || ARRAY(
-        SELECT name FROM discord_roles WHERE server_id = p_server_id AND role_id = ANY (p_role_ids));
-    IF EXISTS (SELECT 1 FROM discord_visibility
-               WHERE server_id = p_server_id AND rule IN ('exclude_role', 'opt_out_role')
-                 AND value = ANY (held)) THEN
-        RETURN TRUE;
-    END IF;
-    RETURN EXISTS (SELECT 1 FROM discord_visibility WHERE server_id = p_server_id AND rule = 'include_role')
-       AND NOT EXISTS (SELECT 1 FROM discord_visibility
-                       WHERE server_id = p_server_id AND rule = 'include_role' AND value = ANY (held));
+    SELECT bool_or(rule = 'hide_user' AND value = p_user_id)
+        OR bool_or(rule IN ('exclude_role', 'opt_out_role') AND value = ANY (held))
+        OR (bool_or(rule = 'include_role') AND NOT bool_or(rule = 'include_role' AND value = ANY (held)))
+    INTO verdict
+    FROM discord_visibility WHERE server_id = p_server_id;
+    RETURN coalesce(verdict, FALSE);
 END
 $$;
 
