@@ -95,7 +95,9 @@ async def presence_rounds(conn: asyncpg.Connection, args: argparse.Namespace) ->
 async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> dict[str, float]:
     n, threshold = args.members, 500
     out: dict[str, float] = {}
-    out["first full sync"] = await timed(lambda: store.full_sync(conn, SERVER, "G", members(n, "offline"), threshold))
+    out["first full sync"] = await timed(
+        lambda: store.full_sync(conn, SERVER, "G", members(n, "offline"), threshold)
+    )
     out["unchanged full sync"] = await timed(
         lambda: store.full_sync(conn, SERVER, "G", members(n, "offline"), threshold)
     )
@@ -104,9 +106,13 @@ async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> dict[st
     await conn.execute("INSERT INTO discord_visibility VALUES ($1, 'opt_out_role', 'hide me')", SERVER)
     out["presence /100k, 2 rules"] = await presence_rounds(conn, args)
     out["rule change (recompute)"] = await timed(
-        lambda: conn.execute("INSERT INTO discord_visibility VALUES ($1, 'exclude_role', $2)", SERVER, ROLES[0])
+        lambda: conn.execute(
+            "INSERT INTO discord_visibility VALUES ($1, 'exclude_role', $2)", SERVER, ROLES[0]
+        )
     )
-    out["roles change in sync"] = await timed(lambda: store.full_sync(conn, SERVER, "G", members_shifted(n), threshold))
+    out["roles change in sync"] = await timed(
+        lambda: store.full_sync(conn, SERVER, "G", members_shifted(n), threshold)
+    )
     return out
 
 
@@ -132,7 +138,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)

@@ -32,6 +32,7 @@ __all__ = [
     "USERS_DELETE_SERVER",
     "WRITE_CHANNELS",
     "WRITE_MEMBERS",
+    "WRITE_ROLES",
 ]
 
 # $1..$6: upserted rows as parallel arrays (role ids comma-separated: arrays cannot be ragged);
@@ -111,6 +112,22 @@ ORDER BY m.ord
 SERVER_UPSERT_SYNCED = """
 INSERT INTO discord_servers AS s (server_id, name, synced_at) VALUES ($1, $2, now())
 ON CONFLICT (server_id) DO UPDATE SET name = EXCLUDED.name, departed_at = NULL, synced_at = EXCLUDED.synced_at
+"""
+
+# One guild's roles ($2 ids, $3 names) become exactly these rows, so visibility rules can name a role;
+# only rows that change are written (discord_roles' triggers re-apply name rules on a change).
+WRITE_ROLES = """
+WITH incoming AS (
+    SELECT * FROM unnest($2::text[], $3::text[]) AS r(role_id, name)
+), gone AS (
+    DELETE FROM discord_roles d
+    WHERE d.server_id = $1::text AND NOT EXISTS (SELECT 1 FROM incoming r WHERE r.role_id = d.role_id)
+)
+INSERT INTO discord_roles AS d (server_id, role_id, name)
+SELECT $1::text, r.role_id, r.name FROM incoming r
+WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = $1::text)
+ON CONFLICT (server_id, role_id) DO UPDATE SET name = EXCLUDED.name
+    WHERE d.name IS DISTINCT FROM EXCLUDED.name
 """
 
 SYNC_TEMP_TABLE = "dzone_sync_members"

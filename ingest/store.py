@@ -16,7 +16,7 @@ import structlog
 
 from ingest import queries
 from ingest.channels import ChannelRow
-from ingest.mapping import MemberRow, server_name
+from ingest.mapping import MemberRow, RoleRow, server_name
 from ingest.pending import ChatLine
 
 log = structlog.get_logger(__name__)
@@ -99,12 +99,25 @@ async def relay_messages(conn: asyncpg.Connection, messages: list[ChatLine]) -> 
     return int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
 
 
+async def write_roles(conn: asyncpg.Connection, server_id: str, roles: Sequence[RoleRow]) -> None:
+    """Make the guild's discord_roles rows equal ``roles`` (ids and names, for the visibility rules)."""
+    await conn.execute(queries.WRITE_ROLES, server_id, *columns(roles, 2))
+
+
 async def full_sync(
-    conn: asyncpg.Connection, server_id: str, name: str, rows: Iterable[MemberRow], bulk_threshold: int
+    conn: asyncpg.Connection,
+    server_id: str,
+    name: str,
+    rows: Iterable[MemberRow],
+    bulk_threshold: int,
+    roles: Sequence[RoleRow] | None = None,
 ) -> SyncResult:
-    """Make the guild's rows equal ``rows`` in one transaction, announcing only real changes."""
+    """Make the guild's rows (and its roles, when given) equal ``rows`` in one transaction, announcing only
+    real changes. The roles go first, so the members are judged by the names rules may give."""
     async with conn.transaction():
         await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(name, server_id))
+        if roles is not None:
+            await write_roles(conn, server_id, roles)
         await conn.execute(queries.SYNC_CREATE_TEMP)
         await conn.copy_records_to_table(
             queries.SYNC_TEMP_TABLE,

@@ -118,7 +118,12 @@ class ServerCore:
     def apply(self, event: FeedEvent) -> Outcome:
         """One notification of this server, in commit order (held while a read is in flight)."""
         out = Outcome()
-        if isinstance(event, UserDeleted) and not event.hidden and self.info is not None and self.info.passworded:
+        if (
+            isinstance(event, UserDeleted)
+            and not event.hidden
+            and self.info is not None
+            and self.info.passworded
+        ):
             # A member row went away: that user's sockets lose the server now, even while a read is held.
             # (One the rules hide is still a member: it leaves the map, not the server.)
             out.cuts.extend(

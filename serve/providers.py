@@ -83,7 +83,9 @@ async def db_members(pool: asyncpg.Pool, key: str) -> Roster:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise ProviderError(f"reading discord_users of {key} failed: {exc!r}") from exc
     rows.sort(key=lambda r: (r["last_seen"] is not None, r["last_seen"]))
-    shown = {r["user_id"]: Member(r["username"], r["status"], r["role_color"]) for r in rows if not r["hidden"]}
+    shown = {
+        r["user_id"]: Member(r["username"], r["status"], r["role_color"]) for r in rows if not r["hidden"]
+    }
     return Roster(shown, frozenset(r["user_id"] for r in rows if r["hidden"]))
 
 
