@@ -89,7 +89,7 @@ async def presence_rounds(conn: asyncpg.Connection, args: argparse.Namespace) ->
         for at in range(0, len(rows), args.batch):
             await store.write_members(conn, rows[at : at + args.batch], [])
         samples.append((time.perf_counter() - started) * 100_000 / args.members)
-    return statistics.median(samples)
+    return float(statistics.median(samples))
 
 
 async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> dict[str, float]:

@@ -98,7 +98,9 @@ async def town(database_url: str, conn: asyncpg.Connection, seed: int) -> AsyncI
             await sim.update_member(gid, int(uid), roles=[int(fans["id"])] if uid in people[:3] else [])
         async with running_worker(sim, database_url):
             await wait_equal(conn, sim)
-            await conn.execute("UPDATE discord_servers SET hide_offline = FALSE WHERE server_id = $1", str(gid))
+            await conn.execute(
+                "UPDATE discord_servers SET hide_offline = FALSE WHERE server_id = $1", str(gid)
+            )
             async with running(database_url) as server, Viewer.open(server) as viewer:
                 await viewer.expect("server-list")
                 await viewer.join(str(gid))
@@ -191,9 +193,12 @@ async def test_a_hidden_members_presence_and_chat_are_not_relayed(
                 break
         assert about_hidden == []
         assert t.viewer.world[visible]["status"] == "dnd"
-        assert await conn.fetchval(
-            "SELECT status FROM discord_users WHERE server_id = $1 AND user_id = $2", t.sid, hidden
-        ) == "dnd"  # stored while hidden
+        assert (
+            await conn.fetchval(
+                "SELECT status FROM discord_users WHERE server_id = $1 AND user_id = $2", t.sid, hidden
+            )
+            == "dnd"
+        )  # stored while hidden
 
         await t.unrule("hide_user", hidden)
         await t.shows_exactly_the_visible()
