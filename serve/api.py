@@ -21,6 +21,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from serve import http
+from serve.addresses import viewer_address
 from serve.hub import Callbacks, Hub
 from serve.limits import AddressCounter
 from serve.listener import FeedListener
@@ -379,10 +380,10 @@ class WebSocketServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self._hub is not None
-        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        address = viewer_address(ws, self.settings.trusted_proxies)
         self._addresses.add(address)
         try:
-            await self._hub.handle(ws)
+            await self._hub.handle(ws, address)
         finally:
             self._addresses.remove(address)
             if self._draining and not self._hub.sessions:
@@ -406,7 +407,7 @@ class WebSocketServer:
         """Refuse an upgrade beyond the connection limits (before accepting: rule 20)."""
         assert self._hub is not None
         s = self.settings
-        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        address = viewer_address(connection, s.trusted_proxies)
         if self._draining:
             self.metrics.refused.inc()
             return http.text_response(503, "Server is restarting\n", extra={"Retry-After": "5"})

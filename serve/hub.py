@@ -304,9 +304,10 @@ class Hub:
 
     # ------------------------------------------------------------ sessions
 
-    async def handle(self, ws: ServerConnection) -> None:
-        """One socket's life: server-list at once (rule 4), then answer each ``connect``."""
-        address = _address(ws)
+    async def handle(self, ws: ServerConnection, address: str) -> None:
+        """One socket's life: server-list at once (rule 4), then answer each ``connect``.
+
+        ``address`` is the client's (serve/addresses.py): its sockets share the per-address caps."""
         session = Session(ws, address, Pacer(self.settings.connects_per_minute))
         self.sessions[ws] = session
         self.by_address.setdefault(address, set()).add(session)
@@ -582,8 +583,3 @@ def _refusal_after_wait(current: ServerInfo | None, authenticated: bool) -> str:
     if current is None:
         return frames.ERR_NOT_FOUND
     return frames.ERR_NOT_MEMBER if authenticated else frames.ERR_AUTH_REQUIRED
-
-
-def _address(ws: ServerConnection) -> str:
-    remote = ws.remote_address
-    return str(remote[0]) if remote else "?"

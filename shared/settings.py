@@ -11,7 +11,15 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.discord_rules import DISCORD_API_BASE
@@ -119,6 +127,8 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     max_frame_bytes: int = Field(default=16 * 1024, ge=256)
     max_connections: int = Field(default=20_000, ge=1)
     max_connections_per_ip: int = Field(default=500, ge=1)
+    # Peers (addresses or networks) whose X-Forwarded-For names the client (serve/addresses.py).
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     connects_per_minute: int = Field(default=30, ge=1)
     write_buffer_bytes: int = Field(default=256 * 1024, ge=1024)
     # Unsent data held in memory: a socket above socket_buffer_max_bytes is dropped at once; a snapshot is
@@ -167,6 +177,7 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
         return self
 
     _origins = field_validator("allowed_origins", mode="before")(split_list)
+    _proxies = field_validator("trusted_proxies", mode="before")(split_list)
 
 
 S = TypeVar("S", bound=BaseSettings)

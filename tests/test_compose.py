@@ -4,7 +4,9 @@ variable it needs is provided, and the services wait for each other and report h
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from shared.settings import (
     ServeSettings,
     load,
 )
+from tests.certs import LocalCA
 from tests.pg import _admin
+from tests.test_serve_support import running
 
 LIBPQ_VARIABLES = {"PGPASSWORD"}  # read by asyncpg (and so by alembic) when the URL has no password
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +207,34 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     ingest = services["ingest"]
     ingest_port = ingest["environment"].get("DZONE_INGEST_HTTP_PORT", DEFAULT_INGEST_HTTP_PORT)
     assert f"127.0.0.1:{ingest_port}/readyz" in " ".join(ingest["healthcheck"]["test"])
+
+
+async def _health_check_exit(services: dict[str, dict[str, Any]], port: int, tls: bool) -> int:
+    """Run the serve's health check command (its port swapped) as the container would, in our venv."""
+    command = [arg.replace(":3000/", f":{port}/") for arg in services["serve"]["healthcheck"]["test"][1:]]
+    assert command[0] == "python"
+    env = {**os.environ, "DZONE_TLS_CERT_FILE": "/etc/letsencrypt/live/x/fullchain.pem" if tls else ""}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command[1:], env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_serve_health_check_runs_with_and_without_tls(
+    services: dict[str, dict[str, Any]], database_url: str, tmp_path: Path
+) -> None:
+    """The healthcheck line passes against a plain and a TLS serve, and fails where nothing is ready."""
+    pair = LocalCA(tmp_path).issue()
+    async with running(database_url) as plain:
+        assert await _health_check_exit(services, plain.port, tls=False) == 0
+        assert await _health_check_exit(services, plain.port, tls=True) != 0  # plain HTTP is no TLS
+        closed_port = plain.port
+    async with running(
+        database_url, tls_cert_file=str(pair.cert_file), tls_key_file=str(pair.key_file)
+    ) as tls:
+        assert await _health_check_exit(services, tls.port, tls=True) == 0
+        assert await _health_check_exit(services, tls.port, tls=False) != 0
+    assert await _health_check_exit(services, closed_port, tls=False) != 0
 
 
 def test_serve_outlives_its_drain(services: dict[str, dict[str, Any]]) -> None:
