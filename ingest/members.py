@@ -79,6 +79,9 @@ class GuildMembers:
         self._colours.clear()
 
     def delete_role(self, role_id: int) -> None:
+        """A role was deleted: its holders lose it, as on Discord (which sends no member update for it)."""
+        for _user_id, member in list(self.holding(role_id)):
+            member.roles = self.role_ids([str(r) for r in member.roles if r != role_id])
         self.roles.pop(role_id, None)
         self._colours.clear()
 

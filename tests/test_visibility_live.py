@@ -238,6 +238,10 @@ async def test_the_opt_out_role_works_from_the_simulator(database_url: str, conn
         await wait_for(lambda: _equal(t.hidden, set()), message="shown once the role is deleted")
         await t.shows_exactly_the_visible()
         assert member in t.viewer.world
+        # Its holders lost it (Discord sends no member update for that): the row says so too.
+        assert await conn.fetchval(
+            "SELECT role_ids FROM discord_users WHERE server_id = $1 AND user_id = $2", t.sid, member
+        ) == [t.fans_role]
 
 
 async def test_a_rule_made_while_nobody_views_is_applied_at_the_next_join(

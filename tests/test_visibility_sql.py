@@ -171,3 +171,17 @@ async def test_a_bad_rule_is_refused(conn: asyncpg.Connection) -> None:
         await rule(conn, "hide_role", "mods")
     with pytest.raises(asyncpg.CheckViolationError, match="discord_visibility_user_snowflake"):
         await rule(conn, "hide_user", "alice")
+
+
+@pytest.mark.usefixtures("members")
+async def test_deleting_a_server_with_rules_deletes_everything_of_it(
+    conn: asyncpg.Connection, listener: Listener
+) -> None:
+    await rule(conn, "exclude_role", "mods")
+    await rule(conn, "hide_user", "1")
+    await listener.drain(conn)
+    await conn.execute("DELETE FROM discord_servers WHERE server_id = $1", SERVER)
+    for table in ("discord_users", "discord_roles", "discord_visibility"):
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    deletes = [e for e in await listener.drain(conn) if isinstance(e, feed.UserDeleted)]
+    assert sorted((e.user_id, e.hidden) for e in deletes) == [("1", False), ("2", False), ("3", False)]

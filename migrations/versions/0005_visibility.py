@@ -2,7 +2,8 @@
 opt-out role that members give themselves. Operators write ``discord_visibility``; the ingest writes the
 members' role ids and the guild's roles. ``discord_users.hidden`` is computed by a trigger from the
 rules, recomputed when the rules or the role names change, and the feed announces a member becoming
-hidden as a ``delete`` and becoming visible as an ``upsert``: a hidden member never reaches a viewer.
+hidden as a ``delete`` with ``"hidden": true`` (ids only) and becoming visible as an ``upsert``: a hidden
+member never reaches a viewer.
 docs/operations.md has the recipes, docs/change-feed.md the feed's rules.
 
 Revision ID: 0005
