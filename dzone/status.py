@@ -1,6 +1,7 @@
 """``dzone status``: what an operator wants to know at a glance, read from the database.
 
-Per server: members by status and the last change (view ``server_presence_summary``); the serve
+Per server: members by status, how many the visibility rules hide, and the last change (view
+``server_presence_summary``); the serve
 processes listening on the change feed (``pg_stat_activity``); how full the NOTIFY queue is
 (``pg_notification_queue_usage()``). Everything comes from SQL an operator can also run in psql.
 """
@@ -22,7 +23,7 @@ from shared.settings import ConfigError, DatabaseSettings, load
 
 SERVERS_SQL = """
 SELECT server_id, name, alias, enabled, is_default, bot_present,
-       members, online, idle, dnd, offline, last_change
+       members, online, idle, dnd, offline, hidden, last_change
 FROM server_presence_summary
 ORDER BY is_default DESC, name, server_id
 """
@@ -71,6 +72,7 @@ class ServerRow:
     idle: int
     dnd: int
     offline: int
+    hidden: int  # members the visibility rules leave out (counted in the columns before too)
     last_change: datetime | None
 
 
@@ -181,6 +183,7 @@ def render(status: Status) -> str:
                     str(s.idle),
                     str(s.dnd),
                     str(s.offline),
+                    str(s.hidden),
                     _when(s.last_change),
                 ]
             )
@@ -197,6 +200,7 @@ def render(status: Status) -> str:
                     "idle",
                     "dnd",
                     "offline",
+                    "hidden",
                     "last change",
                 ],
                 rows,

@@ -30,7 +30,7 @@ import structlog
 
 from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
 from ingest.chunks import ChunkProgress, members_complete
-from ingest.mapping import RoleView
+from ingest.mapping import ROLE_NAME_MAX_CHARS, RoleRow, RoleView, clean_text
 from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
 from ingest.payloads import (
     GuildCreateEvent,
@@ -167,6 +167,12 @@ class IngestClient(discord.AutoShardedClient):
         if guild is None or guild.unavailable:
             return None
         return channel_rows(guild)
+
+    def roles(self, server_id: str) -> list[RoleRow] | None:
+        guild = self.get_guild(int(server_id))
+        if guild is None or guild.unavailable:
+            return None
+        return [RoleRow(str(role.id), clean_text(role.name, ROLE_NAME_MAX_CHARS)) for role in guild.roles]
 
     def server_ids(self) -> Iterable[str]:
         return [str(guild.id) for guild in self.guilds if not guild.unavailable]
@@ -413,6 +419,7 @@ class IngestClient(discord.AutoShardedClient):
         table = self.members.get(role.guild.id)
         if table is not None:
             table.set_role(role_of(role))
+        self.writer.sync_roles(str(role.guild.id))  # a rule may name it ("hide me from d-zone")
 
     def _on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
         table = self.members.get(after.guild.id)
@@ -422,6 +429,8 @@ class IngestClient(discord.AutoShardedClient):
             if before.colour != after.colour or before.position != after.position:
                 for user_id, member in list(table.holding(after.id)):
                     self._put(table, user_id, member)
+        if before.name != after.name:
+            self.writer.sync_roles(str(after.guild.id))
         # @everyone's permissions are every channel's base: which channels are public may have changed.
         if after.is_default() and before.permissions != after.permissions:
             self.writer.sync_channels(str(after.guild.id))
@@ -433,6 +442,7 @@ class IngestClient(discord.AutoShardedClient):
             table.delete_role(role.id)
             for user_id, member in holders:
                 self._put(table, user_id, member)
+        self.writer.sync_roles(str(role.guild.id))
 
     def _on_channel_changed(self, channel: discord.abc.GuildChannel) -> None:
         self.writer.sync_channels(str(channel.guild.id))

@@ -14,6 +14,7 @@ from shared.discord_rules import DEFAULT_ROLE_COLOR
 
 USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
 SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
+ROLE_NAME_MAX_CHARS = 100  # discord_roles.name is VARCHAR(100)
 # Discord's "invisible" is what the member sets; everyone else (and we) see "offline".
 _STATUS_BY_RAW: dict[str, str] = {
     "online": "online",
@@ -33,6 +34,14 @@ class MemberRow(NamedTuple):
     username: str
     status: str
     role_color: str
+    role_ids: str = ""  # the member's role ids, comma-separated (the visibility rules need them)
+
+
+class RoleRow(NamedTuple):
+    """One discord_roles row: visibility rules may name a role instead of giving its id."""
+
+    role_id: str
+    name: str
 
 
 class RoleView(NamedTuple):

@@ -9,6 +9,7 @@ flags. Colours are resolved per distinct role set and cached until a role of the
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator, Mapping
 
@@ -78,6 +79,9 @@ class GuildMembers:
         self._colours.clear()
 
     def delete_role(self, role_id: int) -> None:
+        """A role was deleted: its holders lose it, as on Discord (which sends no member update for it)."""
+        for _user_id, member in list(self.holding(role_id)):
+            member.roles = self.role_ids([str(r) for r in member.roles if r != role_id])
         self.roles.pop(role_id, None)
         self._colours.clear()
 
@@ -107,7 +111,8 @@ class GuildMembers:
         if member is None:
             member = self.members[user_id] = LeanMember(name, status or OFFLINE, roles, flags)
             return user_id, member, True
-        changed = member.name != name or self.colour(member.roles) != self.colour(roles)
+        # The role ids are stored too (visibility rules), so any change of the set rewrites the row.
+        changed = member.name != name or member.roles != roles
         member.name, member.roles, member.flags = name, roles, flags
         if status is not None and status != member.status:
             member.status, changed = status, True
@@ -144,13 +149,16 @@ class GuildMembers:
         return self.members.pop(user_id, None) is not None
 
     def row(self, user_id: int | str, member: LeanMember) -> MemberRow:
-        return MemberRow(self.server_id, str(user_id), member.name, member.status, self.colour(member.roles))
+        roles = member.roles
+        return MemberRow(
+            self.server_id, str(user_id), member.name, member.status, self.colour(roles), role_text(roles)
+        )
 
     def rows(self, include_bots: bool) -> list[MemberRow]:
         """Every member's row (the full sync's snapshot)."""
         server_id, colour = self.server_id, self.colour
         return [
-            MemberRow(server_id, str(user_id), m.name, m.status, colour(m.roles))
+            MemberRow(server_id, str(user_id), m.name, m.status, colour(m.roles), role_text(m.roles))
             for user_id, m in self.members.items()
             if include_bots or not m.flags & BOT
         ]
@@ -165,6 +173,12 @@ class GuildMembers:
     def display_name_of(self, user_id: int) -> str | None:
         member = self.members.get(user_id)
         return None if member is None else member.name
+
+
+@functools.lru_cache(maxsize=4096)
+def role_text(roles: RoleIds) -> str:
+    """A role set as MemberRow.role_ids: comma-separated ids (sets are shared tuples, so cached)."""
+    return ",".join(map(str, roles))
 
 
 def presence_status(data: PresencePayload) -> str:

@@ -41,10 +41,11 @@ Batch = list[tuple[str, dict[str, Entry]]]  # per server, user id -> entry
 
 @dataclass
 class Taken:
-    """One flush's work, in the order it is written: reconcile, guild ops, channels, rows, chat."""
+    """One flush's work, in the order it is written: reconcile, guild ops, roles, channels, rows, chat."""
 
     reconcile: set[str] | None
     ops: dict[str, GuildOp]
+    role_syncs: set[str]
     channel_syncs: set[str]
     batch: Batch
     messages: list[ChatLine]
@@ -61,6 +62,7 @@ class PendingWork:
         self.row_count = 0
         self.ops: dict[str, GuildOp] = {}
         self.reconcile: set[str] | None = None
+        self.role_syncs: set[str] = set()  # guilds whose roles are re-read (a full sync writes them too)
         self.channel_syncs: set[str] = set()
         self.messages: deque[ChatLine] = deque()
         self.messages_dropped = 0
@@ -91,6 +93,7 @@ class PendingWork:
 
     def depart_guild(self, server_id: str) -> None:
         self.ops[server_id] = GuildOp("depart")
+        self.role_syncs.discard(server_id)
         self.channel_syncs.discard(server_id)
         self.drop_rows(server_id)  # older than the departure
 
@@ -116,7 +119,12 @@ class PendingWork:
 
     def idle(self) -> bool:
         return not (
-            self.row_count or self.ops or self.channel_syncs or self.messages or self.reconcile is not None
+            self.row_count
+            or self.ops
+            or self.role_syncs
+            or self.channel_syncs
+            or self.messages
+            or self.reconcile is not None
         )
 
     # --- taking and putting back ---------------------------------------------------------------------
@@ -127,10 +135,11 @@ class PendingWork:
             if op.kind == "sync":
                 self.drop_rows(server_id)  # the snapshot, read at the flush, is newer
         reconcile, self.reconcile = self.reconcile, None
+        role_syncs, self.role_syncs = self.role_syncs, set()
         channel_syncs, self.channel_syncs = self.channel_syncs, set()
         count = min(len(self.messages), self.batch_max_rows)
         messages = [self.messages.popleft() for _ in range(count)]
-        return Taken(reconcile, ops, channel_syncs, self._take_batch(), messages)
+        return Taken(reconcile, ops, role_syncs, channel_syncs, self._take_batch(), messages)
 
     def _take_batch(self) -> Batch:
         budget = self.batch_max_rows
@@ -154,6 +163,7 @@ class PendingWork:
         for server_id, op in taken.ops.items():
             if server_id not in taken.done_ops and server_id not in self.ops:
                 self.ops[server_id] = op
+        self.role_syncs |= taken.role_syncs
         self.channel_syncs |= taken.channel_syncs
         for server_id, part in taken.batch:
             guild = self.rows.get(server_id)

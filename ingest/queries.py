@@ -26,29 +26,48 @@ __all__ = [
     "SYNC_CREATE_CHANGED",
     "SYNC_CREATE_TEMP",
     "SYNC_DELETE_DEPARTED",
+    "SYNC_INSERT",
     "SYNC_TEMP_TABLE",
-    "SYNC_UPSERT",
+    "SYNC_UPDATE",
     "USERS_DELETE_SERVER",
     "WRITE_CHANNELS",
     "WRITE_MEMBERS",
+    "WRITE_ROLES",
 ]
 
-# $1..$5: upserted rows as parallel arrays; $6, $7: deleted (server_id, user_id) pairs.
+# $1..$6: upserted rows as parallel arrays (role ids comma-separated: arrays cannot be ragged);
+# $7, $8: deleted (server_id, user_id) pairs. Stored rows are UPDATEd and only new ones INSERTed: an
+# upsert would run the rows' BEFORE INSERT triggers (the visibility rules) on every presence change.
+# Every part sees the statement's snapshot, so a row is either updated or inserted, never both; ON
+# CONFLICT covers a row another writer inserted meanwhile.
 WRITE_MEMBERS = """
-WITH gone AS (
+WITH incoming AS (
+    SELECT r.server_id, r.user_id, r.username, r.status, r.role_color,
+           string_to_array(r.role_ids, ',') AS role_ids
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+         AS r(server_id, user_id, username, status, role_color, role_ids)
+), gone AS (
     DELETE FROM discord_users u
-    USING unnest($6::text[], $7::text[]) AS d(server_id, user_id)
+    USING unnest($7::text[], $8::text[]) AS d(server_id, user_id)
     WHERE u.server_id = d.server_id AND u.user_id = d.user_id
+), changed AS (
+    UPDATE discord_users u
+    SET username = r.username, status = r.status, role_color = r.role_color, role_ids = r.role_ids
+    FROM incoming r
+    WHERE u.server_id = r.server_id AND u.user_id = r.user_id
+      AND (u.username, u.status, u.role_color, u.role_ids)
+          IS DISTINCT FROM (r.username, r.status, r.role_color, r.role_ids)
 )
-INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
-SELECT r.server_id, r.user_id, r.username, r.status, r.role_color
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-     AS r(server_id, user_id, username, status, role_color)
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
+SELECT r.server_id, r.user_id, r.username, r.status, r.role_color, r.role_ids
+FROM incoming r
 WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
+  AND NOT EXISTS (SELECT 1 FROM discord_users e WHERE e.server_id = r.server_id AND e.user_id = r.user_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
-    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
-    WHERE (u.username, u.status, u.role_color)
-          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
+        role_ids = EXCLUDED.role_ids
+    WHERE (u.username, u.status, u.role_color, u.role_ids)
+          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color, EXCLUDED.role_ids)
 """
 
 # The channels of some guilds ($5) become exactly the rows given ($1..$4): vanished ones are deleted, the
@@ -74,7 +93,7 @@ CHANNELS_CLOSE = "UPDATE discord_channels SET public = FALSE WHERE server_id = A
 
 # Chat is announced, never stored: only for servers whose operator left relay on, and only from channels
 # whose row says so (the operator's `relay`, else the ingest's `public`); a channel without a row is not
-# relayed. Checked here, at the flush, so an operator's change counts from its commit. ORDER BY keeps the
+# relayed; nor is a member's whom the visibility rules hide. Checked here, at the flush, so an operator's change counts from its commit. ORDER BY keeps the
 # batch's order: PostgreSQL evaluates volatile target-list functions after the sort.
 RELAY_MESSAGES = """
 SELECT dzone_notify_message(m.server_id, m.user_id, m.channel_id, m.message_id, m.text)
@@ -83,6 +102,9 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORD
 JOIN discord_servers s ON s.server_id = m.server_id AND s.relay_messages
 JOIN discord_channels c ON c.server_id = m.server_id AND c.channel_id = m.channel_id
      AND coalesce(c.relay, c.public)
+WHERE NOT EXISTS (
+    SELECT 1 FROM discord_users u WHERE u.server_id = m.server_id AND u.user_id = m.user_id AND u.hidden
+)
 ORDER BY m.ord
 """
 
@@ -92,10 +114,27 @@ INSERT INTO discord_servers AS s (server_id, name, synced_at) VALUES ($1, $2, no
 ON CONFLICT (server_id) DO UPDATE SET name = EXCLUDED.name, departed_at = NULL, synced_at = EXCLUDED.synced_at
 """
 
+# One guild's roles ($2 ids, $3 names) become exactly these rows, so visibility rules can name a role;
+# only rows that change are written (discord_roles' triggers re-apply name rules on a change).
+WRITE_ROLES = """
+WITH incoming AS (
+    SELECT * FROM unnest($2::text[], $3::text[]) AS r(role_id, name)
+), gone AS (
+    DELETE FROM discord_roles d
+    WHERE d.server_id = $1::text AND NOT EXISTS (SELECT 1 FROM incoming r WHERE r.role_id = d.role_id)
+)
+INSERT INTO discord_roles AS d (server_id, role_id, name)
+SELECT $1::text, r.role_id, r.name FROM incoming r
+WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = $1::text)
+ON CONFLICT (server_id, role_id) DO UPDATE SET name = EXCLUDED.name
+    WHERE d.name IS DISTINCT FROM EXCLUDED.name
+"""
+
 SYNC_TEMP_TABLE = "dzone_sync_members"
 SYNC_CREATE_TEMP = f"""
 CREATE TEMP TABLE {SYNC_TEMP_TABLE} (
-    user_id text PRIMARY KEY, username text NOT NULL, status text NOT NULL, role_color text NOT NULL
+    user_id text PRIMARY KEY, username text NOT NULL, status text NOT NULL, role_color text NOT NULL,
+    role_ids text NOT NULL
 ) ON COMMIT DROP
 """
 
@@ -107,7 +146,8 @@ CREATE TEMP TABLE {SYNC_CHANGED_TABLE} ON COMMIT DROP AS
 SELECT t.* FROM {SYNC_TEMP_TABLE} t
 LEFT JOIN discord_users u ON u.server_id = $1 AND u.user_id = t.user_id
 WHERE u.user_id IS NULL
-   OR (u.username, u.status, u.role_color) IS DISTINCT FROM (t.username, t.status, t.role_color)
+   OR (u.username, u.status, u.role_color, u.role_ids)
+      IS DISTINCT FROM (t.username, t.status, t.role_color, string_to_array(t.role_ids, ','))
 """
 
 # Stored rows of members the snapshot no longer has (deleted by SYNC_DELETE_DEPARTED when any).
@@ -116,13 +156,24 @@ SELECT count(*) FROM discord_users u
 WHERE u.server_id = $1 AND NOT EXISTS (SELECT 1 FROM {SYNC_TEMP_TABLE} t WHERE t.user_id = u.user_id)
 """
 
-SYNC_UPSERT = f"""
-INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
-SELECT $1, t.user_id, t.username, t.status, t.role_color FROM {SYNC_CHANGED_TABLE} t
+# Changed rows are updated and new ones inserted (as in WRITE_MEMBERS: no per-row insert triggers for
+# rows that exist). The sync holds the guild: nobody else writes its rows meanwhile.
+SYNC_UPDATE = f"""
+UPDATE discord_users u
+SET username = t.username, status = t.status, role_color = t.role_color,
+    role_ids = string_to_array(t.role_ids, ',')
+FROM {SYNC_CHANGED_TABLE} t
+WHERE u.server_id = $1::text AND u.user_id = t.user_id
+"""
+
+SYNC_INSERT = f"""
+INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color, role_ids)
+SELECT $1::text, t.user_id, t.username, t.status, t.role_color, string_to_array(t.role_ids, ',')
+FROM {SYNC_CHANGED_TABLE} t
+WHERE NOT EXISTS (SELECT 1 FROM discord_users e WHERE e.server_id = $1 AND e.user_id = t.user_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
-    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color
-    WHERE (u.username, u.status, u.role_color)
-          IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.role_color)
+    SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color,
+        role_ids = EXCLUDED.role_ids
 """
 
 SYNC_DELETE_DEPARTED = f"""

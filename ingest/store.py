@@ -16,7 +16,7 @@ import structlog
 
 from ingest import queries
 from ingest.channels import ChannelRow
-from ingest.mapping import MemberRow, server_name
+from ingest.mapping import MemberRow, RoleRow, server_name
 from ingest.pending import ChatLine
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ async def write_members(
 ) -> int:
     """Upsert and delete member rows in one statement; returns how many rows the schema refused."""
     try:
-        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 5), *columns(deletes, 2))
+        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 6), *columns(deletes, 2))
     except ROW_ERRORS as exc:
         # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
         log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(upserts) + len(deletes))
@@ -61,7 +61,7 @@ async def _write_one_by_one(
     items += [([], [pair]) for pair in deletes]
     for rows, pairs in items:
         try:
-            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 5), *columns(pairs, 2))
+            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 6), *columns(pairs, 2))
         except ROW_ERRORS as exc:
             rejected += 1
             log.error(
@@ -99,17 +99,30 @@ async def relay_messages(conn: asyncpg.Connection, messages: list[ChatLine]) -> 
     return int(status.rsplit(" ", 1)[-1])  # "SELECT n": the messages the relay rule let through
 
 
+async def write_roles(conn: asyncpg.Connection, server_id: str, roles: Sequence[RoleRow]) -> None:
+    """Make the guild's discord_roles rows equal ``roles`` (ids and names, for the visibility rules)."""
+    await conn.execute(queries.WRITE_ROLES, server_id, *columns(roles, 2))
+
+
 async def full_sync(
-    conn: asyncpg.Connection, server_id: str, name: str, rows: Iterable[MemberRow], bulk_threshold: int
+    conn: asyncpg.Connection,
+    server_id: str,
+    name: str,
+    rows: Iterable[MemberRow],
+    bulk_threshold: int,
+    roles: Sequence[RoleRow] | None = None,
 ) -> SyncResult:
-    """Make the guild's rows equal ``rows`` in one transaction, announcing only real changes."""
+    """Make the guild's rows (and its roles, when given) equal ``rows`` in one transaction, announcing only
+    real changes. The roles go first, so the members are judged by the names rules may give."""
     async with conn.transaction():
         await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(name, server_id))
+        if roles is not None:
+            await write_roles(conn, server_id, roles)
         await conn.execute(queries.SYNC_CREATE_TEMP)
         await conn.copy_records_to_table(
             queries.SYNC_TEMP_TABLE,
             records=(row[1:] for row in rows),
-            columns=("user_id", "username", "status", "role_color"),
+            columns=("user_id", "username", "status", "role_color", "role_ids"),
         )
         await conn.execute(f"ANALYZE {queries.SYNC_TEMP_TABLE}")
         changed = int((await conn.execute(queries.SYNC_CREATE_CHANGED, server_id)).rsplit(" ", 1)[-1])
@@ -119,7 +132,8 @@ async def full_sync(
         if bulk:
             await conn.execute(queries.BULK_MODE)
         if changed:
-            await conn.execute(queries.SYNC_UPSERT, server_id)
+            await conn.execute(queries.SYNC_UPDATE, server_id)
+            await conn.execute(queries.SYNC_INSERT, server_id)
         if departed:
             await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
         if bulk:

@@ -34,7 +34,7 @@ import structlog
 
 from ingest import store
 from ingest.channels import ChannelRow
-from ingest.mapping import MemberRow
+from ingest.mapping import MemberRow, RoleRow
 from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
 from ingest.store import ROW_ERRORS
 from shared.db import redacted
@@ -89,6 +89,9 @@ class GuildSource(Protocol):
 
     def channels(self, server_id: str) -> list[ChannelRow] | None:
         """Every channel of the guild with its relay default, or None when the guild is not seen."""
+
+    def roles(self, server_id: str) -> list[RoleRow] | None:
+        """Every role of the guild (id and name), or None when the guild is not seen."""
 
 
 class Heartbeat(NamedTuple):
@@ -215,6 +218,11 @@ class Writer:
             log.info("writer_closed_ignoring", work="sync", server_id=server_id)
             return
         self._pending.sync_guild(server_id)
+        self._wake.set()
+
+    def sync_roles(self, server_id: str) -> None:
+        """Re-read the guild's roles at the next flush (a role was created, renamed or deleted)."""
+        self._pending.role_syncs.add(server_id)
         self._wake.set()
 
     def sync_channels(self, server_id: str) -> None:
@@ -495,6 +503,11 @@ class Writer:
         for server_id, op in taken.ops.items():
             await self._apply_op(conn, server_id, op)
             taken.done_ops.add(server_id)
+        for server_id in list(taken.role_syncs):
+            roles = self._source.roles(server_id)
+            if roles is not None:
+                await store.write_roles(conn, server_id, roles)
+            taken.role_syncs.discard(server_id)
         if taken.channel_syncs:
             channels = self._read_channels(taken.channel_syncs)
             if taken.channel_syncs:
@@ -565,7 +578,12 @@ class Writer:
         """Make the guild's rows equal the snapshot in one transaction, announcing only real changes."""
         started = time.monotonic()
         result = await store.full_sync(
-            conn, server_id, snapshot.name, snapshot.rows, self.config.bulk_threshold
+            conn,
+            server_id,
+            snapshot.name,
+            snapshot.rows,
+            self.config.bulk_threshold,
+            self._source.roles(server_id),
         )
         self.stats.full_syncs += 1
         self.stats.resyncs += result.bulk

@@ -2,11 +2,13 @@
 
 Each change (:meth:`ServerCore.apply`, :meth:`~ServerCore.begin_read`, :meth:`~ServerCore.finish_read`,
 :meth:`~ServerCore.set_info`) returns an :class:`Outcome`: the viewers that lose the server, then the frames
-for the others. Visibility (hide offline) and access are decided here only; serve/hub.py does the writes.
+for the others. Visibility (hide offline; the members the database's visibility rules hide, which arrive as
+``hidden`` deletes and never as rows) and access are decided here only; serve/hub.py does the writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,7 @@ class ServerCore:
         "buffer",
         "default_client_id",
         "grants",
+        "hidden",
         "info",
         "key",
         "live",
@@ -68,6 +71,9 @@ class ServerCore:
         self.message_max_chars = message_max_chars
         self.default_client_id = default_client_id
         self.members: dict[str, Member] = {}
+        # Members the visibility rules leave out: never shown, but members still (a passworded server's
+        # access), so a member who opts out of being drawn may go on watching.
+        self.hidden: set[str] = set()
         self.viewers: set[Any] = set()
         self.grants: dict[Any, Grant] = {}
         self.live = False
@@ -96,10 +102,10 @@ class ServerCore:
 
     def _member_now(self, user_id: str) -> bool:
         """Membership as of the last notification, counting those buffered while the server is re-read."""
-        present = user_id in self.members
+        present = user_id in self.members or user_id in self.hidden
         for event in self.buffer or ():
             if isinstance(event, UserUpserted | UserDeleted) and event.user_id == user_id:
-                present = isinstance(event, UserUpserted)
+                present = isinstance(event, UserUpserted) or event.hidden
         return present
 
     def _cut_unqualified(self, out: Outcome) -> None:
@@ -112,8 +118,14 @@ class ServerCore:
     def apply(self, event: FeedEvent) -> Outcome:
         """One notification of this server, in commit order (held while a read is in flight)."""
         out = Outcome()
-        if isinstance(event, UserDeleted) and self.info is not None and self.info.passworded:
+        if (
+            isinstance(event, UserDeleted)
+            and not event.hidden
+            and self.info is not None
+            and self.info.passworded
+        ):
             # A member row went away: that user's sockets lose the server now, even while a read is held.
+            # (One the rules hide is still a member: it leaves the map, not the server.)
             out.cuts.extend(
                 (viewer, "member row deleted")
                 for viewer, g in self.grants.items()
@@ -140,9 +152,11 @@ class ServerCore:
             before = self.members.get(event.user_id)
             after = Member(event.username, event.status, event.role_color)
             self.members[event.user_id] = after
+            self.hidden.discard(event.user_id)
             self.invalidate()
             return presence_for_change(self.key, event.user_id, before, after, hide)
         if isinstance(event, UserDeleted):
+            (self.hidden.add if event.hidden else self.hidden.discard)(event.user_id)
             gone = self.members.pop(event.user_id, None)
             if gone is None:
                 return None
@@ -170,19 +184,23 @@ class ServerCore:
         if self.buffer is None:
             self.buffer = []
 
-    def finish_read(self, members: dict[str, Member]) -> Outcome:
-        """Install a fresh read: replay what arrived meanwhile (full rows: idempotent), cut viewers who are
-        no longer members, send the others the difference, then the chats held meanwhile."""
+    def finish_read(self, members: dict[str, Member], hidden: Iterable[str] = ()) -> Outcome:
+        """Install a fresh read (``hidden``: the ids of the members the rules leave out): replay what
+        arrived meanwhile (full rows: idempotent), cut viewers who are no longer members, send the others
+        the difference, then the chats held meanwhile."""
         buffered, self.buffer = self.buffer or [], None
+        left_out = set(hidden)
         chats = []
         for event in buffered:
             if isinstance(event, UserUpserted):
                 members[event.user_id] = Member(event.username, event.status, event.role_color)
+                left_out.discard(event.user_id)
             elif isinstance(event, UserDeleted):
                 members.pop(event.user_id, None)
+                (left_out.add if event.hidden else left_out.discard)(event.user_id)
             elif isinstance(event, ChatMessage):
                 chats.append(event)
-        old, self.members = self.members, members
+        old, self.members, self.hidden = self.members, members, left_out
         self.live = True
         self.invalidate()
         out = Outcome()

@@ -254,7 +254,7 @@ class Hub:
             )
         state.begin_read()  # from now on, events of this server wait for the read to finish
         try:
-            members = await self.member_source.members(key)
+            roster = await self.member_source.members(key)
         except ProviderError as exc:
             self._emit(state, state.abandon_read())
             self.health.problems[f"members:{key}"] = str(exc)
@@ -264,7 +264,7 @@ class Hub:
             del self.states[key]
             raise
         self.health.problems.pop(f"members:{key}", None)
-        self._emit(state, state.finish_read(members))
+        self._emit(state, state.finish_read(roster.shown, roster.hidden))
         return state
 
     def request_resync(self, state: ServerCore) -> None:

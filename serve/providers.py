@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from serve import queries
-from serve.world import Member, ServerInfo, database_order
+from serve.world import Member, Roster, ServerInfo, database_order
 from shared.discord_rules import DEFAULT_ROLE_COLOR as DEFAULT_ROLE_COLOR  # one of the callbacks' defaults
 from shared.errors import DzoneError
 from shared.feed import ServerChanged
@@ -76,14 +76,17 @@ def feed_server(event: ServerChanged) -> ServerInfo | None:
     )
 
 
-async def db_members(pool: asyncpg.Pool, key: str) -> dict[str, Member]:
+async def db_members(pool: asyncpg.Pool, key: str) -> Roster:
     """All members of one server, oldest change first (so ``touched`` follows ``last_seen``)."""
     try:
         rows = await pool.fetch(queries.MEMBERS, key)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise ProviderError(f"reading discord_users of {key} failed: {exc!r}") from exc
     rows.sort(key=lambda r: (r["last_seen"] is not None, r["last_seen"]))
-    return {r["user_id"]: Member(r["username"], r["status"], r["role_color"]) for r in rows}
+    shown = {
+        r["user_id"]: Member(r["username"], r["status"], r["role_color"]) for r in rows if not r["hidden"]
+    }
+    return Roster(shown, frozenset(r["user_id"] for r in rows if r["hidden"]))
 
 
 async def db_is_member(pool: asyncpg.Pool, key: str, user_id: str) -> bool:

@@ -13,15 +13,21 @@ WHERE enabled AND departed_at IS NULL
 ORDER BY is_default DESC, created_at NULLS LAST, server_id
 """
 
-# One server's members, all of them (offline ones too: they are needed for diffs and membership);
-# hide_offline and the snapshot cap are applied in memory.
+# One server's members, offline ones too (they are needed for diffs); hide_offline and the snapshot cap
+# are applied in memory. Of a member the visibility rules hide only the id is read (for access), as
+# the feed announces it.
 MEMBERS = """
-SELECT user_id, username, status, role_color, last_seen
+SELECT user_id, hidden,
+       CASE WHEN NOT hidden THEN username END AS username,
+       CASE WHEN NOT hidden THEN status END AS status,
+       CASE WHEN NOT hidden THEN role_color END AS role_color,
+       last_seen
 FROM discord_users
 WHERE server_id = $1
 """
 
-# Membership check of a Discord-verified user id (ignores hide_offline on purpose).
+# Membership check of a Discord-verified user id (ignores hide_offline and hidden on purpose: a hidden
+# member may still watch the town).
 IS_MEMBER = """
 SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1 AND user_id = $2)
 """

@@ -15,7 +15,7 @@ import asyncpg
 
 from serve import providers
 from serve.providers import ServerDataCallback, UserDataCallback
-from serve.world import Member, ServerInfo
+from serve.world import Member, Roster, ServerInfo
 
 
 class ServerSource(Protocol):
@@ -29,7 +29,7 @@ class ServerSource(Protocol):
 class MemberSource(Protocol):
     live: bool
 
-    async def members(self, key: str) -> dict[str, Member]:
+    async def members(self, key: str) -> Roster:
         """The server's members; raises ProviderError when the source fails."""
         ...
 
@@ -48,7 +48,7 @@ class Database:
     async def servers(self) -> list[ServerInfo]:
         return await providers.db_servers(self.pool)
 
-    async def members(self, key: str) -> dict[str, Member]:
+    async def members(self, key: str) -> Roster:
         return await providers.db_members(self.pool, key)
 
     async def is_member(self, key: str, user_id: str) -> bool | None:
@@ -76,9 +76,9 @@ class CallbackMembers:
     timeout_s: float
     live: bool = False
 
-    async def members(self, key: str) -> dict[str, Member]:
+    async def members(self, key: str) -> Roster:
         raw = await providers.call_provider(f"on_get_user_data({key})", self.callback(key), self.timeout_s)
-        return providers.validate_users(raw, key)
+        return Roster(providers.validate_users(raw, key))  # the callback decides who is shown
 
     async def is_member(self, key: str, user_id: str) -> bool | None:
         return None  # the members a join reads anyway decide
@@ -95,8 +95,8 @@ class Memory:
     async def servers(self) -> list[ServerInfo]:
         return list(self.server_list)
 
-    async def members(self, key: str) -> dict[str, Member]:
-        return dict(self.by_server.get(key, {}))
+    async def members(self, key: str) -> Roster:
+        return Roster(dict(self.by_server.get(key, {})))
 
     async def is_member(self, key: str, user_id: str) -> bool | None:
         return user_id in self.by_server.get(key, {})

@@ -86,6 +86,15 @@ class Member:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """A server's members as read: those viewers may see, and the ids of those the visibility rules
+    leave out (members still, so they keep access to a passworded server; never shown)."""
+
+    shown: dict[str, Member]
+    hidden: frozenset[str] = frozenset()
+
+
 def visible(member: Member, hide_offline: bool) -> bool:
     return not (hide_offline and member.status == "offline")
 

@@ -49,11 +49,13 @@ class UserUpserted:
 
 @dataclass(frozen=True, slots=True)
 class UserDeleted:
-    """A discord_users row was deleted (the member left, or an operator removed it)."""
+    """A discord_users row was deleted (the member left, or an operator removed it), or, with ``hidden``,
+    the visibility rules leave the member out: still in the guild, never shown."""
 
     seq: int
     server_id: str
     user_id: str
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,10 @@ def decode(payload: str | bytes) -> FeedEvent:
         server_id = str(data["server_id"])
         if kind == "user":
             if data["op"] == "delete":
-                return UserDeleted(seq, server_id, str(data["user_id"]))
+                hidden = data.get("hidden", False)  # absent before migration 0005
+                if not isinstance(hidden, bool):
+                    raise TypeError("hidden must be true or false")
+                return UserDeleted(seq, server_id, str(data["user_id"]), hidden)
             if data["op"] == "upsert":
                 status = data["status"]
                 if status not in STATUSES:

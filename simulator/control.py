@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from simulator.engine import UNSET, Unset
-from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, RoleTruth
 from simulator.rest import RestFault
 from simulator.steering import Steering
 from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
@@ -119,6 +119,9 @@ class ControlApi:
             "members/add": self.member_add,
             "members/remove": self.member_remove,
             "members/update": self.member_update,
+            "roles/create": self.role_create,
+            "roles/rename": self.role_rename,
+            "roles/delete": self.role_delete,
             "roles/color": self.role_color,
             "roles/permissions": self.role_permissions,
             "channels/update": self.channel_update,
@@ -221,6 +224,21 @@ class ControlApi:
             nick=_optional_str(body, "nick") if "nick" in body else UNSET,
             roles=_roles(body) if "roles" in body else UNSET,
         )
+
+    async def role_create(self, body: Body) -> RoleTruth:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidValueError("name is required (a string)")
+        return await self.sim.create_role(_snowflake(body, "guild_id"), name, _integer(body, "color", 0))
+
+    async def role_rename(self, body: Body) -> None:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidValueError("name is required (a string)")
+        await self.sim.rename_role(_snowflake(body, "guild_id"), _snowflake(body, "role_id"), name)
+
+    async def role_delete(self, body: Body) -> None:
+        await self.sim.delete_role(_snowflake(body, "guild_id"), _snowflake(body, "role_id"))
 
     async def role_color(self, body: Body) -> None:
         color = body.get("color")

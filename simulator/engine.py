@@ -20,7 +20,7 @@ from simulator.gateway import (
     GatewayHub,
     Session,
 )
-from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, RoleTruth
 from simulator.scenario import WorldBuilder
 from simulator.world import (
     CATEGORY_CHANNEL,
@@ -35,6 +35,7 @@ from simulator.world import (
     InvalidValueError,
     Member,
     Overwrite,
+    Role,
     User,
     World,
     channel_event_payload,
@@ -46,6 +47,7 @@ from simulator.world import (
     message_payload,
     presence_payload,
     role_payload,
+    role_truth,
     snowflake_time_iso,
     thread_payload,
     user_payload,
@@ -222,6 +224,47 @@ class Engine:
             guild_id,
             INTENT_GUILDS,
             {"guild_id": str(guild_id), "role": role_payload(role)},
+        )
+
+    def create_role(self, guild_id: int, name: str, color: int = 0) -> RoleTruth:
+        """A new role above the others (no permissions): GUILD_ROLE_CREATE; answers its truth entry."""
+        guild = self.world.guild(guild_id)
+        name = _text(name, "role name", low=1, high=100)
+        if not isinstance(color, int) or isinstance(color, bool) or not 0 <= color <= 0xFFFFFF:
+            raise InvalidValueError("color must be an integer 0..0xffffff")
+        position = max((r.position for r in guild.roles.values()), default=0) + 1
+        role = Role(id=self.world.ids.next(), name=name, color=color, position=position)
+        guild.roles[role.id] = role
+        self.hub.dispatch(
+            "GUILD_ROLE_CREATE",
+            guild_id,
+            INTENT_GUILDS,
+            {"guild_id": str(guild_id), "role": role_payload(role)},
+        )
+        return role_truth(role)
+
+    def rename_role(self, guild_id: int, role_id: int, name: str) -> None:
+        role = self.world.role(guild_id, role_id)
+        role.name = _text(name, "role name", low=1, high=100)
+        self.hub.dispatch(
+            "GUILD_ROLE_UPDATE",
+            guild_id,
+            INTENT_GUILDS,
+            {"guild_id": str(guild_id), "role": role_payload(role)},
+        )
+
+    def delete_role(self, guild_id: int, role_id: int) -> None:
+        """GUILD_ROLE_DELETE; its holders lose it silently, as on Discord (no GUILD_MEMBER_UPDATE)."""
+        guild = self.world.guild(guild_id)
+        self.world.role(guild_id, role_id)
+        if role_id == guild_id:
+            raise InvalidValueError("the @everyone role cannot be deleted")
+        del guild.roles[role_id]
+        for member in guild.members.values():
+            if role_id in member.roles:
+                member.roles.remove(role_id)
+        self.hub.dispatch(
+            "GUILD_ROLE_DELETE", guild_id, INTENT_GUILDS, {"guild_id": str(guild_id), "role_id": str(role_id)}
         )
 
     def set_role_permissions(self, guild_id: int, role_id: int, permissions: int) -> None:

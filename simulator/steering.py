@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from simulator.config import SimConfig
 from simulator.engine import UNSET, Engine, Unset
 from simulator.gateway import GatewayHub
-from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, SimState
+from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, RoleTruth, SimState
 from simulator.rest import RestApi, RestFault
 from simulator.scenario import WorldBuilder
 from simulator.world import TEXT_CHANNEL, InvalidValueError, Overwrite
@@ -110,6 +110,16 @@ class Steering:
 
     async def set_role_color(self, guild_id: int, role_id: int, color: int) -> None:
         self.engine.set_role_color(guild_id, role_id, color)
+
+    async def create_role(self, guild_id: int, name: str, color: int = 0) -> RoleTruth:
+        """A new role (GUILD_ROLE_CREATE); its truth entry. Give it to members with ``update_member``."""
+        return self.engine.create_role(guild_id, name, color)
+
+    async def rename_role(self, guild_id: int, role_id: int, name: str) -> None:
+        self.engine.rename_role(guild_id, role_id, name)
+
+    async def delete_role(self, guild_id: int, role_id: int) -> None:
+        self.engine.delete_role(guild_id, role_id)
 
     async def set_role_permissions(self, guild_id: int, role_id: int, permissions: int) -> None:
         self.engine.set_role_permissions(guild_id, role_id, permissions)

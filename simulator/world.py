@@ -24,6 +24,7 @@ from simulator.payloads import (
     OverwritePayload,
     PresencePayload,
     RolePayload,
+    RoleTruth,
     ThreadPayload,
     UserPayload,
     WorldTruth,
@@ -521,18 +522,19 @@ def guild_truth(guild: Guild) -> GuildTruth:
         "owner_id": str(guild.owner_id),
         "member_count": len(guild.members),
         "unavailable": guild.unavailable,
-        "roles": [
-            {
-                "id": str(r.id),
-                "name": r.name,
-                "color": r.color,
-                "position": r.position,
-                "permissions": str(r.permissions),
-            }
-            for r in guild.roles.values()
-        ],
+        "roles": [role_truth(r) for r in guild.roles.values()],
         "channels": [channel_truth(c) for c in guild.channels.values()],
         "members": [member_truth(guild, m) for m in guild.members.values()],
+    }
+
+
+def role_truth(role: Role) -> RoleTruth:
+    return {
+        "id": str(role.id),
+        "name": role.name,
+        "color": role.color,
+        "position": role.position,
+        "permissions": str(role.permissions),
     }
 
 

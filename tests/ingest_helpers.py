@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from ingest.channels import ChannelRow
-from ingest.mapping import MemberRow
+from ingest.mapping import MemberRow, RoleRow
 from ingest.writer import GuildSnapshot
 from shared.feed import CHANNEL, FeedEvent, decode
 from simulator.payloads import WorldTruth
@@ -21,6 +21,7 @@ class DictSource:
     def __init__(self, owned: Iterable[str] | None = None) -> None:
         self.guilds: dict[str, tuple[str, dict[str, MemberRow]]] = {}
         self.channel_sets: dict[str, list[ChannelRow]] = {}
+        self.role_sets: dict[str, list[RoleRow]] = {}
         self.owned = set(owned) if owned is not None else None
 
     def set_guild(
@@ -31,6 +32,9 @@ class DictSource:
 
     def channels(self, server_id: str) -> list[ChannelRow] | None:
         return self.channel_sets.get(server_id) if server_id in self.guilds else None
+
+    def roles(self, server_id: str) -> list[RoleRow] | None:
+        return self.role_sets.get(server_id, []) if server_id in self.guilds else None
 
     def snapshot(self, server_id: str) -> GuildSnapshot | None:
         if server_id not in self.guilds:

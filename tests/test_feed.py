@@ -217,6 +217,7 @@ async def test_payloads_stay_under_the_notify_limit(
         ' "hide_offline": true, "relay_messages": true, "oauth_client_id": null, "created_at": null}',
         '{"kind": "user", "op": "upsert", "seq": 1, '
         '"server_id": "1", "user_id": "2", "username": "a", "status": "away", "role_color": "#000000"}',
+        '{"kind": "user", "op": "delete", "seq": 1, "server_id": "1", "user_id": "2", "hidden": "yes"}',
     ],
 )
 def test_decode_rejects_malformed_payloads(payload: str) -> None:

@@ -140,7 +140,7 @@ def test_a_presence_before_the_member_is_kept_and_put_on_it_when_it_joins() -> N
     client._connection.parsers["PRESENCE_UPDATE"](presence(12, "idle"))
     assert client.held_presences.counts()["held"] == 1 and writer.rows == []
     client._connection.parsers["GUILD_MEMBER_UPDATE"]({**member(12, roles=(1,)), "guild_id": str(GUILD)})
-    assert writer.rows == [MemberRow(str(GUILD), "12", "user12", "idle", "#ff0000")]
+    assert writer.rows == [MemberRow(str(GUILD), "12", "user12", "idle", "#ff0000", "1")]
     assert client.held_presences.counts()["applied"] == 1
 
 

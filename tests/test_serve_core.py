@@ -36,6 +36,11 @@ def delete(uid: str) -> UserDeleted:
     return UserDeleted(1, KEY, uid)
 
 
+def hide(uid: str) -> UserDeleted:
+    """The visibility rules leave the member out (the feed's delete with ``hidden``)."""
+    return UserDeleted(1, KEY, uid, hidden=True)
+
+
 def chat(uid: str, text: str = "hello") -> ChatMessage:
     return ChatMessage(1, KEY, uid, "c1", "m1", text)
 
@@ -160,6 +165,41 @@ def test_a_delete_on_an_open_server_cuts_nobody() -> None:
     state = core(OPEN, (ANN, "online"), viewers=0)
     state.enter("ann", ANN_SIGNED_IN)
     assert state.apply(delete(ANN)).cuts == []
+
+
+def test_a_member_the_rules_hide_leaves_the_map_but_keeps_its_access() -> None:
+    state = core(PASSWORDED, (ANN, "online"), (BOB, "online"), viewers=0)
+    state.enter("ann", ANN_SIGNED_IN)
+    state.enter("bob", Grant(True, BOB))
+    out = state.apply(hide(ANN))
+    assert out.cuts == []
+    assert sent(out) == [presence(ANN, delete=True)]
+    assert ANN not in state.members and state.qualifies(PASSWORDED, ANN_SIGNED_IN)
+    assert state.apply(chat(ANN)).frames == []  # nor is its chat relayed
+    # A re-read that has it hidden keeps it a member; its row deleted while hidden ends that.
+    state.begin_read()
+    out = state.finish_read({BOB: Member(f"user{BOB}", "online", "#ff0000")}, hidden=[ANN])
+    assert out.cuts == [] and out.frames == []
+    out = state.apply(delete(ANN))
+    assert out.cuts == [("ann", "member row deleted")] and out.frames == []
+    assert not state.qualifies(PASSWORDED, ANN_SIGNED_IN)
+
+
+def test_a_hidden_member_shown_again_is_sent_whole() -> None:
+    state = core(OPEN, (ANN, "online"))
+    state.apply(hide(ANN))
+    assert sent(state.apply(upsert(ANN, "idle"))) == [presence(ANN, "idle")]
+    assert state.hidden == set()
+
+
+def test_hiding_held_during_a_read_is_replayed_on_top_of_it() -> None:
+    state = core(PASSWORDED, (ANN, "online"), viewers=0)
+    state.enter("ann", ANN_SIGNED_IN)
+    state.begin_read()
+    state.apply(hide(ANN))
+    assert state.qualifies(PASSWORDED, ANN_SIGNED_IN)
+    out = state.finish_read({ANN: Member(f"user{ANN}", "online", "#ff0000")})
+    assert out.cuts == [] and ANN not in state.members and state.hidden == {ANN}
 
 
 # -- apply: chat --------------------------------------------------------------------------------------

@@ -127,9 +127,10 @@ async def add_users(conn: asyncpg.Connection, server_id: str, users: dict[str, t
 
 
 async def db_world(conn: asyncpg.Connection, server_id: str, hide_offline: bool) -> dict[str, dict[str, Any]]:
-    """What a viewer should hold for ``server_id`` according to the database."""
+    """What a viewer should hold for ``server_id`` according to the database (never a hidden member)."""
     rows = await conn.fetch(
-        "SELECT user_id, username, status, role_color FROM discord_users WHERE server_id = $1", server_id
+        "SELECT user_id, username, status, role_color FROM discord_users WHERE server_id = $1 AND NOT hidden",
+        server_id,
     )
     return {
         r["user_id"]: {

@@ -20,6 +20,7 @@ INSERT INTO discord_users (user_id, server_id, username, status, role_color) VAL
     ('1', '111', 'ann', 'online', '#ff0000'), ('2', '111', 'bob', 'online', '#00ff00'),
     ('3', '111', 'cy', 'idle', '#0000ff'), ('4', '111', 'di', 'offline', '#ffffff'),
     ('5', '222', 'ed', 'dnd', '#123456');
+INSERT INTO discord_visibility (server_id, rule, value) VALUES ('111', 'hide_user', '3');
 """
 
 
@@ -41,11 +42,11 @@ async def test_status_counts_members_by_status(conn: asyncpg.Connection, databas
     output = await asyncio.to_thread(_run_status, database_url)
     assert "Servers (3)" in output
     alpha = _line_of(output, "Alpha Guild")
-    # server_id alias name(2 words) flags members online idle dnd offline date time
+    # server_id alias name(2 words) flags members online idle dnd offline hidden date time
     assert alpha[:2] == ["111", "alpha"] and alpha[4] == "default"
-    assert alpha[5:10] == ["4", "2", "1", "0", "1"]
+    assert alpha[5:11] == ["4", "2", "1", "0", "1", "1"]  # cy is hidden by a rule
     beta = _line_of(output, "Beta Guild")
-    assert beta[5:10] == ["1", "0", "0", "1", "0"]
+    assert beta[5:11] == ["1", "0", "0", "1", "0", "0"]
     assert "disabled" in _line_of(output, "Hidden Guild")
     assert "NOTIFY queue usage:" in output
     # the default server is listed first
