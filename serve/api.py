@@ -51,7 +51,7 @@ def _viewer_connection_class(
     grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
 ) -> type[ServerConnection]:
     """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
-    at once when it holds more than ``max_unsent`` bytes, and tells the hub when it pauses and drains.
+    at once when it holds more than ``max_unsent`` bytes, and tells the sessions when it pauses and drains.
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -62,7 +62,7 @@ def _viewer_connection_class(
 
         def pause_writing(self) -> None:
             super().pause_writing()
-            hub.writing_paused(self)
+            hub.sessions.writing_paused(self)
             self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
 
         def resume_writing(self) -> None:
@@ -70,7 +70,7 @@ def _viewer_connection_class(
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
                 self._slow_timer = None
-            hub.writing_resumed(self)
+            hub.sessions.writing_resumed(self)
 
         def send_data(self) -> None:
             super().send_data()
@@ -382,7 +382,7 @@ class WebSocketServer:
         address = str(ws.remote_address[0]) if ws.remote_address else "?"
         self._addresses.add(address)
         try:
-            await self._hub.handle(ws)
+            await self._hub.sessions.handle(ws)
         finally:
             self._addresses.remove(address)
             if self._draining and not self._hub.sessions:
