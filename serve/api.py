@@ -51,7 +51,8 @@ def _viewer_connection_class(
     grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
 ) -> type[ServerConnection]:
     """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
-    at once when it holds more than ``max_unsent`` bytes, and tells the sessions when it pauses and drains.
+    at once when it holds more than ``max_unsent`` bytes, and tells the sessions when it pauses, drains, and
+    when a write leaves bytes unsent (the write budget sums only such sockets).
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -75,6 +76,8 @@ def _viewer_connection_class(
         def send_data(self) -> None:
             super().send_data()
             unsent = self.transport.get_write_buffer_size()
+            if unsent:
+                hub.sessions.holding(self)
             if unsent > max_unsent and not self.transport.is_closing():
                 log.info("viewer_over_memory_cap_dropped", peer=str(self.remote_address), unsent=unsent)
                 self._drop()

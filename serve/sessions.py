@@ -104,9 +104,12 @@ class Sessions:
         self.fanout = fanout
         self.by_socket: dict[ServerConnection, Session] = {}
         self.by_address: dict[str, set[Session]] = {}
-        # Write budget: sockets whose transport is above its write limit (paused), and sessions whose
-        # join waits for budget (retried when a socket of their address drains, and on a short timer).
+        # Write budget: sockets whose transport is above its write limit (paused), per address the sockets
+        # a write left holding unsent bytes (only those are summed: a storm of joins from one address
+        # summed all its sockets), and sessions whose join waits for budget (retried when a socket of
+        # their address drains, and on a short timer).
         self.paused: set[ServerConnection] = set()
+        self.holders: dict[str, set[Session]] = {}
         self.deferred: set[Session] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._totals: UnsentTotals | None = None
@@ -162,10 +165,8 @@ class Sessions:
         del self.by_socket[ws]
         self.paused.discard(ws)
         self.deferred.discard(session)
-        neighbours = self.by_address[session.address]
-        neighbours.discard(session)
-        if not neighbours:
-            del self.by_address[session.address]
+        _forget(self.by_address, session)
+        _forget(self.holders, session)
         self.metrics.connections.dec()
 
     async def _send_error(self, ws: ServerConnection, message: str) -> None:
@@ -290,6 +291,31 @@ class Sessions:
             else:
                 self.deferred.discard(session)
 
+    def holding(self, ws: ServerConnection) -> None:
+        """A write left unsent bytes in this socket's transport (called by the connection after each write)."""
+        session = self.by_socket.get(ws)
+        if session is not None:
+            holders = self.holders.get(session.address)
+            if holders is None:
+                holders = self.holders[session.address] = set()
+            holders.add(session)
+
+    def unsent_of(self, address: str) -> int:
+        """The bytes the sockets of ``address`` hold unsent; sockets found drained are forgotten."""
+        holders = self.holders.get(address)
+        if not holders:
+            return 0
+        total = 0
+        for session in tuple(holders):
+            unsent = _unsent(session.ws)
+            if unsent:
+                total += unsent
+            else:
+                holders.discard(session)
+        if not holders:
+            del self.holders[address]
+        return total
+
     def writing_paused(self, ws: ServerConnection) -> None:
         """The socket's transport went above its write limit (called by the connection)."""
         self.paused.add(ws)
@@ -324,8 +350,7 @@ class UnsentTotals:
             return False
         address = self._addresses.get(session.address)
         if address is None:
-            neighbours = sessions.by_address.get(session.address, ())
-            address = self._addresses[session.address] = sum(_unsent(other.ws) for other in neighbours)
+            address = self._addresses[session.address] = sessions.unsent_of(session.address)
         if self._process is None:
             # Sockets below their write buffer hold less than it each; the big holders are the paused ones.
             self._process = sum(_unsent(ws) for ws in sessions.paused)
@@ -334,6 +359,14 @@ class UnsentTotals:
         self._addresses[session.address] = address + size
         self._process += size
         return True
+
+
+def _forget(by_address: dict[str, set[Session]], session: Session) -> None:
+    neighbours = by_address.get(session.address)
+    if neighbours is not None:
+        neighbours.discard(session)
+        if not neighbours:
+            del by_address[session.address]
 
 
 def _unsent(ws: ServerConnection) -> int:
