@@ -22,7 +22,6 @@ from websockets.http11 import Request, Response
 
 from serve import http
 from serve.hub import Callbacks, Hub
-from serve.limits import AddressCounter
 from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
@@ -60,6 +59,14 @@ def _viewer_connection_class(
 
     class ViewerConnection(ServerConnection):
         _slow_timer: asyncio.TimerHandle | None = None
+
+        async def handshake(self, *args: Any, **kwargs: Any) -> None:
+            await super().handshake(*args, **kwargs)
+            # Nothing reads a viewer's handshake headers after it: emptied, they stop costing each idle
+            # viewer about 3 KB (websockets' parser keeps the request object itself for the socket's life).
+            for message in (self.request, self.response):
+                if message is not None:
+                    message.headers.clear()
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -112,7 +119,6 @@ class WebSocketServer:
         self.metrics = ServeMetrics()
         self._callbacks = Callbacks()
         self._static_callback: StaticCallback | None = None
-        self._addresses = AddressCounter()
         self._server: Server | None = None
         self._listener: FeedListener | None = None
         self._listener_task: asyncio.Task[None] | None = None
@@ -233,6 +239,7 @@ class WebSocketServer:
             calls_per_address_per_s=s.oauth_calls_per_ip_per_s,
         )
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
+        hub.sessions.on_close = self._socket_closed
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
             self._listener = FeedListener(
                 s.database_url,
@@ -254,7 +261,7 @@ class WebSocketServer:
         else:
             await hub.refresh_directory()
         self._server = await serve(
-            self._handle,
+            hub.sessions.handle,
             s.host,
             s.port,
             process_request=self._process_request,
@@ -380,16 +387,9 @@ class WebSocketServer:
 
     # ------------------------------------------------------------ sockets and HTTP
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert self._hub is not None
-        address = str(ws.remote_address[0]) if ws.remote_address else "?"
-        self._addresses.add(address)
-        try:
-            await self._hub.sessions.handle(ws)
-        finally:
-            self._addresses.remove(address)
-            if self._draining and not self._hub.sessions:
-                self._drain_over.set()
+    def _socket_closed(self) -> None:
+        if self._draining and self._hub is not None and not self._hub.sessions:
+            self._drain_over.set()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if http.is_upgrade(request):
@@ -419,7 +419,7 @@ class WebSocketServer:
         if len(self._hub.sessions) >= s.max_connections:
             self.metrics.refused.inc()
             return http.text_response(503, "Too many connections\n", extra={"Retry-After": "30"})
-        if self._addresses.count(address) >= s.max_connections_per_ip:
+        if self._hub.sessions.sockets_of(address) >= s.max_connections_per_ip:
             self.metrics.refused.inc()
             return http.text_response(
                 429, "Too many connections from your address\n", extra={"Retry-After": "30"}

@@ -9,7 +9,7 @@ through :class:`Servers` and never imports the hub.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import structlog
@@ -114,12 +114,17 @@ class Sessions:
         self._retry: asyncio.TimerHandle | None = None
         self._totals: UnsentTotals | None = None
         self._totals_at = 0.0
+        self.on_close: Callable[[], None] = _nothing  # after a socket's session ended (the drain waits on it)
 
     def __len__(self) -> int:
         return len(self.by_socket)
 
     def __iter__(self) -> Iterator[ServerConnection]:
         return iter(self.by_socket)
+
+    def sockets_of(self, address: str) -> int:
+        """Open sockets of one client address (rule 20 refuses an upgrade beyond its share)."""
+        return len(self.by_address.get(address, ()))
 
     # ------------------------------------------------------------ one socket
 
@@ -129,7 +134,8 @@ class Sessions:
         try:
             directory = await self.servers.current_directory()
             write_frames(ws, directory.list_wire, (directory.list_wire,))  # framed once per list
-            async for message in ws:
+            while True:  # recv(), not ``async for``: no async generator kept per idle viewer
+                message = await ws.recv()
                 self.metrics.connect_requests.inc()
                 delay = session.pacer.delay()
                 if delay > 0:
@@ -168,6 +174,7 @@ class Sessions:
         _forget(self.by_address, session)
         _forget(self.holders, session)
         self.metrics.connections.dec()
+        self.on_close()
 
     async def _send_error(self, ws: ServerConnection, message: str) -> None:
         self.metrics.join_errors.inc()
@@ -359,6 +366,10 @@ class UnsentTotals:
         self._addresses[session.address] = address + size
         self._process += size
         return True
+
+
+def _nothing() -> None:
+    pass
 
 
 def _forget(by_address: dict[str, set[Session]], session: Session) -> None:

@@ -8,11 +8,12 @@ a waiting join is decided again) are tests/test_serve_limits.py's, against a rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import orjson
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedOK
+from websockets.frames import Close, CloseCode
 
 from serve.hub import Callbacks, Hub
 from serve.metrics import ServeMetrics
@@ -37,9 +38,11 @@ class Viewer(FakeConnection):
         self.remote_address = (address, 40000)
         self.incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while (message := await self.incoming.get()) is not None:
-            yield message
+    async def recv(self) -> bytes:
+        message = await self.incoming.get()
+        if message is None:
+            raise ConnectionClosedOK(Close(CloseCode.NORMAL_CLOSURE, ""), None)
+        return message
 
     async def send(self, message: bytes, text: bool = False) -> None:
         self.protocol.send_text(message)
