@@ -94,9 +94,9 @@ class ServerCore:
             return True
         if not grant.authenticated:
             return False
-        return grant.user_id is None or self._member_now(grant.user_id)
+        return grant.user_id is None or self.member_now(grant.user_id)
 
-    def _member_now(self, user_id: str) -> bool:
+    def member_now(self, user_id: str) -> bool:
         """Membership as of the last notification, counting those buffered while the server is re-read."""
         present = user_id in self.members
         for event in self.buffer or ():

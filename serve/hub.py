@@ -259,6 +259,11 @@ class Hub:
         return self.directory.by_key.get(key) if self.directory else None
 
     async def is_member(self, key: str, user_id: str) -> bool:
+        """Membership for a passworded join: from memory when the feed keeps the server's members current
+        (as of the last notification, the moment access is decided by), else asked of the source."""
+        state = self.states.get(key)
+        if self.users_from_db and state is not None and state.live:
+            return state.member_now(user_id)
         known = await self.member_source.is_member(key, user_id)
         if known is not None:
             return known
