@@ -501,7 +501,7 @@ def join(args: argparse.Namespace) -> None:
         for size in args.sizes:
             asyncio.run(seed(url, size))
             with serve_process(url) as (port, pid, _pipe):
-                joins_each = max(2, min(50, 200_000 // max(size, 1) // 10))
+                joins_each = max(10, min(50, 200_000 // max(size, 1) // 10))
                 asyncio.run(join_run(port, pid, size, 20, joins_each))
 
 
