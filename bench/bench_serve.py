@@ -464,7 +464,7 @@ def fanout(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- (b) join
 
 
-async def join_run(port: int, size: int, clients: int, joins_each: int) -> None:
+async def join_run(port: int, pid: int, size: int, clients: int, joins_each: int) -> None:
     viewers = await open_viewers(port, clients)  # first join reads the server; the rest are measured
     latencies: list[float] = []
 
@@ -475,9 +475,10 @@ async def join_run(port: int, size: int, clients: int, joins_each: int) -> None:
             latencies.append((time.perf_counter() - started) * 1000)
             assert answer.startswith(b'{"type":"server-join"'), answer[:80]
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), Cpu(pid)
     await asyncio.gather(*(loop_joins(v) for v in viewers))
     elapsed = time.perf_counter() - started
+    server_cpu, client_cpu = cpu.spent()
     # one viewer alone: latency without queueing behind the others
     solo = []
     for _ in range(50):
@@ -490,7 +491,8 @@ async def join_run(port: int, size: int, clients: int, joins_each: int) -> None:
     print(
         f"join members={size:6d}: solo p50={pct(solo, 50):.2f} ms p99={pct(solo, 99):.2f} ms  |  "
         f"{clients} concurrent viewers: p50={pct(latencies, 50):.1f} ms p99={pct(latencies, 99):.1f} ms, "
-        f"{len(latencies) / elapsed:,.0f} joins/s"
+        f"{len(latencies) / elapsed:,.0f} joins/s; CPU per join: server {server_cpu / len(latencies) * 1000:.2f} ms, "
+        f"client {client_cpu / len(latencies) * 1000:.2f} ms"
     )
 
 
@@ -498,9 +500,9 @@ def join(args: argparse.Namespace) -> None:
     with database() as url:
         for size in args.sizes:
             asyncio.run(seed(url, size))
-            with serve_process(url) as (port, _pid, _pipe):
-                joins_each = max(2, min(50, 200_000 // max(size, 1) // 10))
-                asyncio.run(join_run(port, size, 20, joins_each))
+            with serve_process(url) as (port, pid, _pipe):
+                joins_each = max(10, min(50, 200_000 // max(size, 1) // 10))
+                asyncio.run(join_run(port, pid, size, 20, joins_each))
 
 
 # ---------------------------------------------------------------- (c) memory

@@ -23,7 +23,6 @@ from websockets.http11 import Request, Response
 from serve import http
 from serve.addresses import viewer_address
 from serve.hub import Callbacks, Hub
-from serve.limits import AddressCounter
 from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
@@ -52,7 +51,8 @@ def _viewer_connection_class(
     grace_s: float, max_unsent: int, hub: Hub, on_drop: Callable[[], None]
 ) -> type[ServerConnection]:
     """A ServerConnection that drops a viewer whose write buffer stays above the limit for ``grace_s``, or
-    at once when it holds more than ``max_unsent`` bytes, and tells the hub when it pauses and drains.
+    at once when it holds more than ``max_unsent`` bytes, and tells the sessions when it pauses, drains, and
+    when a write leaves bytes unsent (the write budget sums only such sockets).
 
     broadcast() never waits for a socket, so a viewer that stops reading only fills its own buffer;
     the transport tells us when it crosses ``write_limit`` (pause_writing) and when it drains again.
@@ -63,7 +63,7 @@ def _viewer_connection_class(
 
         def pause_writing(self) -> None:
             super().pause_writing()
-            hub.writing_paused(self)
+            hub.sessions.writing_paused(self)
             self._slow_timer = self.loop.call_later(grace_s, self._drop_if_still_full)
 
         def resume_writing(self) -> None:
@@ -71,11 +71,13 @@ def _viewer_connection_class(
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
                 self._slow_timer = None
-            hub.writing_resumed(self)
+            hub.sessions.writing_resumed(self)
 
         def send_data(self) -> None:
             super().send_data()
             unsent = self.transport.get_write_buffer_size()
+            if unsent:
+                hub.sessions.holding(self)
             if unsent > max_unsent and not self.transport.is_closing():
                 log.info("viewer_over_memory_cap_dropped", peer=str(self.remote_address), unsent=unsent)
                 self._drop()
@@ -110,7 +112,6 @@ class WebSocketServer:
         self.metrics = ServeMetrics()
         self._callbacks = Callbacks()
         self._static_callback: StaticCallback | None = None
-        self._addresses = AddressCounter()
         self._server: Server | None = None
         self._listener: FeedListener | None = None
         self._listener_task: asyncio.Task[None] | None = None
@@ -231,6 +232,7 @@ class WebSocketServer:
             calls_per_address_per_s=s.oauth_calls_per_ip_per_s,
         )
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
+        hub.sessions.on_close = self._socket_closed
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
             self._listener = FeedListener(
                 s.database_url,
@@ -252,7 +254,7 @@ class WebSocketServer:
         else:
             await hub.refresh_directory()
         self._server = await serve(
-            self._handle,
+            hub.sessions.handle,
             s.host,
             s.port,
             process_request=self._process_request,
@@ -378,16 +380,9 @@ class WebSocketServer:
 
     # ------------------------------------------------------------ sockets and HTTP
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert self._hub is not None
-        address = viewer_address(ws, self.settings.trusted_proxies)
-        self._addresses.add(address)
-        try:
-            await self._hub.handle(ws, address)
-        finally:
-            self._addresses.remove(address)
-            if self._draining and not self._hub.sessions:
-                self._drain_over.set()
+    def _socket_closed(self) -> None:
+        if self._draining and self._hub is not None and not self._hub.sessions:
+            self._drain_over.set()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if http.is_upgrade(request):
@@ -417,7 +412,7 @@ class WebSocketServer:
         if len(self._hub.sessions) >= s.max_connections:
             self.metrics.refused.inc()
             return http.text_response(503, "Too many connections\n", extra={"Retry-After": "30"})
-        if self._addresses.count(address) >= s.max_connections_per_ip:
+        if self._hub.sessions.sockets_of(address) >= s.max_connections_per_ip:
             self.metrics.refused.inc()
             return http.text_response(
                 429, "Too many connections from your address\n", extra={"Retry-After": "30"}

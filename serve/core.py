@@ -46,7 +46,8 @@ class ServerCore:
     """One server's live members, settings and viewers. ``buffer`` is not None while a (re)read is in flight."""
 
     __slots__ = (
-        "_join_frame",
+        "_join_key",
+        "_join_wire",
         "buffer",
         "default_client_id",
         "grants",
@@ -78,7 +79,8 @@ class ServerCore:
         self.grants: dict[Any, Grant] = {}
         self.live = False
         self.buffer: list[FeedEvent] | None = None
-        self._join_frame: bytes | None = None
+        self._join_wire: bytes | None = None
+        self._join_key: tuple[ServerInfo, str | None, int] | None = None
 
     # ------------------------------------------------------------ viewers
 
@@ -98,9 +100,9 @@ class ServerCore:
             return True
         if not grant.authenticated:
             return False
-        return grant.user_id is None or self._member_now(grant.user_id)
+        return grant.user_id is None or self.member_now(grant.user_id)
 
-    def _member_now(self, user_id: str) -> bool:
+    def member_now(self, user_id: str) -> bool:
         """Membership as of the last notification, counting those buffered while the server is re-read."""
         present = user_id in self.members or user_id in self.hidden
         for event in self.buffer or ():
@@ -265,10 +267,13 @@ class ServerCore:
     # ------------------------------------------------------------ the snapshot
 
     def invalidate(self) -> None:
-        self._join_frame = None
+        self._join_wire = None
 
-    def join_frame(self, info: ServerInfo, client_id: str | None, max_users: int) -> bytes:
-        """The server-join frame, encoded once and reused until members or settings change (rule 7)."""
-        if self._join_frame is None:
-            self._join_frame = encode_join(info, self.members, client_id, max_users)
-        return self._join_frame
+    def join_wire(self, info: ServerInfo, client_id: str | None, max_users: int) -> bytes:
+        """The server-join as one WebSocket text frame, encoded and framed once, then written as is to
+        every joiner until members, settings or the client id change (rule 7)."""
+        key = (info, client_id, max_users)
+        if self._join_wire is None or self._join_key != key:
+            self._join_wire = frames.text_frame(encode_join(info, self.members, client_id, max_users))
+            self._join_key = key
+        return self._join_wire

@@ -1,9 +1,8 @@
-"""Per-socket pacing, per-address connection counting (protocol rule 20) and call rate limits."""
+"""Per-socket pacing (protocol rule 15) and call rate limits."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 
 class Pacer:
@@ -24,24 +23,6 @@ class Pacer:
         self._last = now
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
-
-
-class AddressCounter:
-    """Open sockets per client address, to refuse the upgrade of one address beyond its share."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-
-    def count(self, address: str) -> int:
-        return self._counts[address]
-
-    def add(self, address: str) -> None:
-        self._counts[address] += 1
-
-    def remove(self, address: str) -> None:
-        self._counts[address] -= 1
-        if self._counts[address] <= 0:
-            del self._counts[address]
 
 
 class RateLimit:

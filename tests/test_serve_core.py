@@ -109,10 +109,10 @@ def test_the_core_imports_no_io() -> None:
 
 def test_an_upsert_of_a_new_member_sends_it_and_invalidates_the_snapshot() -> None:
     state = core()
-    before = state.join_frame(OPEN, None, 100)
+    before = state.join_wire(OPEN, None, 100)
     out = state.apply(upsert(ANN))
     assert sent(out) == [presence(ANN)] and out.cuts == [] and not out.resync
-    assert ANN in state.members and state.join_frame(OPEN, None, 100) != before
+    assert ANN in state.members and state.join_wire(OPEN, None, 100) != before
 
 
 def test_an_upsert_that_changes_nothing_a_viewer_sees_sends_nothing() -> None:
@@ -145,9 +145,9 @@ def test_a_delete_of_a_member_sends_its_delete() -> None:
 
 def test_a_delete_of_an_unknown_member_sends_nothing() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_frame(OPEN, None, 100)
+    before = state.join_wire(OPEN, None, 100)
     assert state.apply(delete(BOB)) == Outcome()
-    assert state.join_frame(OPEN, None, 100) is before  # nothing changed: the cached snapshot stays
+    assert state.join_wire(OPEN, None, 100) is before  # nothing changed: the cached snapshot stays
 
 
 def test_a_delete_on_a_passworded_server_cuts_that_users_viewers_before_sending() -> None:
@@ -230,9 +230,9 @@ def test_a_chat_is_dropped(info: ServerInfo | None, uid: str, text: str) -> None
 
 def test_a_chat_does_not_change_the_members() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_frame(OPEN, None, 100)
+    before = state.join_wire(OPEN, None, 100)
     state.apply(chat(ANN))
-    assert state.join_frame(OPEN, None, 100) is before
+    assert state.join_wire(OPEN, None, 100) is before
 
 
 # -- reads: buffering, replay, resync diff ------------------------------------------------------------
@@ -332,9 +332,9 @@ def test_switching_hide_offline_on_deletes_offline_members_and_off_sends_them() 
 
 def test_the_same_info_again_changes_nothing() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_frame(OPEN, None, 100)
+    before = state.join_wire(OPEN, None, 100)
     assert state.set_info(OPEN) == Outcome()
-    assert state.join_frame(OPEN, None, 100) is before
+    assert state.join_wire(OPEN, None, 100) is before
 
 
 def test_a_new_client_id_is_sent_and_the_default_one_is_not_resent() -> None:

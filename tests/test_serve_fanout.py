@@ -24,10 +24,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
+from serve.core import Grant
 from serve.fanout import Fanout
 from serve.frames import text_frame
-from serve.hub import PendingJoin
 from serve.metrics import ServeMetrics
+from serve.sessions import PendingJoin
 from shared.feed import FeedEvent, UserUpserted
 from tests.test_serve_support import Viewer, add_server, db_world, running
 from tests.waiting import wait_for
@@ -230,7 +231,9 @@ async def test_switch_in_the_middle_of_a_burst_keeps_order_and_sends_nothing_of_
             await viewer.join(target)
         hub, listener = server._hub, server._listener
         assert hub is not None and listener is not None
-        mover_session = next(s for s in hub.sessions.values() if s.ws.remote_address[1] == _port(mover))
+        mover_session = next(
+            s for s in hub.sessions.by_socket.values() if s.ws.remote_address[1] == _port(mover)
+        )
         seen: list[FeedEvent] = []
         switched: list[bool] = []
         deliver = listener._on_event
@@ -242,8 +245,8 @@ async def test_switch_in_the_middle_of_a_burst_keeps_order_and_sends_nothing_of_
             if a_count == 50 and not switched:
                 info = hub.directory.resolve(B)  # type: ignore[union-attr]
                 assert info is not None
-                mover_session.pending = PendingJoin(hub.states[B], info, None, False, None)
-                hub._write_join(mover_session)
+                mover_session.pending = PendingJoin(hub.states[B], info, None, Grant())
+                hub.sessions.write_join(mover_session)
                 switched.append(True)
 
         listener._on_event = switch_at_fiftieth

@@ -285,10 +285,10 @@ async def test_a_waiting_join_is_decided_again_when_it_is_written(database_url, 
         assert hub is not None
         try:
             await wait_for(lambda: metrics.connect_requests._value.get() >= 40, message="40 connects read")
-            await wait_for(lambda: hub._deferred, message="a join waiting for budget")
+            await wait_for(lambda: hub.sessions.deferred, message="a join waiting for budget")
             await conn.execute("UPDATE discord_servers SET passworded = TRUE WHERE server_id = $1", BIG)
             await wait_for(
-                lambda: (info := hub._info(BIG)) is not None and info.passworded, message="flip seen"
+                lambda: (info := hub.info(BIG)) is not None and info.passworded, message="flip seen"
             )
             sock.settimeout(10)
             frames = await asyncio.to_thread(

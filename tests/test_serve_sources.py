@@ -40,12 +40,16 @@ async def test_the_hub_reads_and_follows_an_in_memory_source():
     hub, _source = memory_hub()
     directory = await hub.refresh_directory()
     assert directory.resolve(None) == directory.resolve("club") and directory.default is not None
+    assert await hub.is_member(KEY, ALICE) is True  # a live source answers itself (the database does) ...
+    assert KEY not in hub.states  # ... without reading the server's members
     state = await hub.live_state(KEY)
     assert set(state.members) == {ALICE}
     hub.on_feed_event(UserUpserted(1, KEY, BOB, "bob", "idle", "#445566"))
     hub.on_feed_event(UserDeleted(2, KEY, ALICE))
     assert {uid: m.username for uid, m in state.members.items()} == {BOB: "bob"}
-    assert await hub.is_member(KEY, ALICE) is True  # a live source answers itself (the database does)
+    # Cached and followed by the feed: memory answers as of the last notification, no query (the
+    # in-memory source still lists alice; the database would not, after that commit).
+    assert await hub.is_member(KEY, ALICE) is False and await hub.is_member(KEY, BOB) is True
 
 
 async def test_a_source_that_is_not_live_is_read_on_every_join_and_decides_membership_by_it():
