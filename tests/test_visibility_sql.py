@@ -6,6 +6,8 @@ delete and one entering as an upsert, and a hidden member's changes announce not
 
 from __future__ import annotations
 
+import random
+
 import asyncpg
 import pytest
 
@@ -185,3 +187,50 @@ async def test_deleting_a_server_with_rules_deletes_everything_of_it(
         assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
     deletes = [e for e in await listener.drain(conn) if isinstance(e, feed.UserDeleted)]
     assert sorted((e.user_id, e.hidden) for e in deletes) == [("1", False), ("2", False), ("3", False)]
+
+
+async def test_a_servers_recompute_agrees_with_the_per_row_rule(conn: asyncpg.Connection) -> None:
+    """dzone_recompute_hidden (set-based, for rule changes) and dzone_member_hidden (per row, for writes)
+    give the same verdict on random rules, role names and members: ids, names, unknown roles, mixed."""
+    rng = random.Random(15)
+    await conn.execute("INSERT INTO discord_servers (server_id, name) VALUES ($1, 'Guild')", SERVER)
+    roles = [(str(600 + i), f"role {i % 5}") for i in range(12)]  # names repeat: a name can match two
+    await conn.executemany(
+        "INSERT INTO discord_roles (server_id, role_id, name) VALUES ($1, $2, $3)",
+        [(SERVER, role_id, name) for role_id, name in roles],
+    )
+    held = [role_id for role_id, _ in roles] + ["699"]  # 699: a role the table does not know
+    await conn.executemany(
+        "INSERT INTO discord_users (user_id, server_id, username, status, role_color, role_ids)"
+        " VALUES ($1, $2, $1, 'online', '#000000', $3)",
+        [(str(1000 + i), SERVER, rng.sample(held, rng.randint(0, 3))) for i in range(300)],
+    )
+    values = {
+        "hide_user": [str(1000 + i) for i in range(300)],
+        "exclude_role": held + [name for _, name in roles],
+        "opt_out_role": held + [name for _, name in roles],
+        "include_role": held + [name for _, name in roles],
+    }
+    checked = set()
+    for _ in range(40):
+        await conn.execute("DELETE FROM discord_visibility")
+        for kind in rng.sample(sorted(values), rng.randint(1, 3)):
+            for value in set(rng.sample(values[kind], rng.randint(1, 3))):
+                await conn.execute(
+                    "INSERT INTO discord_visibility (server_id, rule, value) VALUES ($1, $2, $3)",
+                    SERVER,
+                    kind,
+                    value,
+                )
+        await conn.execute("ALTER TABLE discord_users DISABLE TRIGGER discord_users_hidden_update")
+        await conn.execute("UPDATE discord_users SET hidden = NOT hidden WHERE user_id IN ('1000', '1001')")
+        await conn.execute("ALTER TABLE discord_users ENABLE TRIGGER discord_users_hidden_update")
+        await conn.execute("SELECT dzone_recompute_hidden($1)", SERVER)
+        wrong = await conn.fetch(
+            "SELECT user_id FROM discord_users WHERE server_id = $1"
+            " AND hidden <> dzone_member_hidden(server_id, user_id, role_ids)",
+            SERVER,
+        )
+        assert not wrong, [row["user_id"] for row in wrong]
+        checked.add(await conn.fetchval("SELECT count(*) FROM discord_users WHERE hidden"))
+    assert len(checked) > 10, checked  # the cases were not all alike

@@ -83,6 +83,9 @@ $$;
 
 CREATE FUNCTION dzone_users_hidden() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('dzone.recomputing_hidden', TRUE) = 'on' THEN
+        RETURN NEW;  -- dzone_recompute_hidden's own verdict: judging each row again would double its cost
+    END IF;
     NEW.hidden := dzone_member_hidden(NEW.server_id, NEW.user_id, NEW.role_ids);
     RETURN NEW;
 END
@@ -99,10 +102,33 @@ CREATE TRIGGER discord_users_hidden_update BEFORE UPDATE ON discord_users
           IS DISTINCT FROM (NEW.server_id, NEW.user_id, NEW.role_ids, NEW.hidden))
     EXECUTE FUNCTION dzone_users_hidden();
 
--- One server's rows whose visibility changed are updated (and so announced by the feed trigger).
-CREATE FUNCTION dzone_recompute_hidden(p_server_id text) RETURNS void LANGUAGE sql AS $$
+-- One server's rows whose visibility changed are updated (and so announced by the feed trigger). Set-based:
+-- the rules become arrays of role ids once, so each row costs two array overlaps, not a lookup of its own
+-- (the same verdict as dzone_member_hidden, which judges one row).
+CREATE FUNCTION dzone_recompute_hidden(p_server_id text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    hidden_users text[];
+    excluded text[];  -- role ids (given, or named through discord_roles) of exclude_role / opt_out_role
+    included text[];
+    any_included boolean;
+BEGIN
+    SELECT coalesce(array_agg(value::text) FILTER (WHERE rule = 'hide_user'), '{}'),
+           coalesce(array_agg(value::text) FILTER (WHERE rule IN ('exclude_role', 'opt_out_role')), '{}'),
+           coalesce(array_agg(value::text) FILTER (WHERE rule = 'include_role'), '{}'),
+           coalesce(bool_or(rule = 'include_role'), FALSE)
+    INTO hidden_users, excluded, included, any_included
+    FROM discord_visibility WHERE server_id = p_server_id;
+    SELECT excluded || coalesce(array_agg(role_id::text) FILTER (WHERE name = ANY (excluded)), '{}'),
+           included || coalesce(array_agg(role_id::text) FILTER (WHERE name = ANY (included)), '{}')
+    INTO excluded, included
+    FROM discord_roles WHERE server_id = p_server_id;
+    PERFORM set_config('dzone.recomputing_hidden', 'on', TRUE);
     UPDATE discord_users SET hidden = NOT hidden
-    WHERE server_id = p_server_id AND hidden <> dzone_member_hidden(server_id, user_id, role_ids)
+    WHERE server_id = p_server_id
+      AND hidden <> (user_id = ANY (hidden_users) OR role_ids && excluded
+                     OR (any_included AND NOT role_ids && included));
+    PERFORM set_config('dzone.recomputing_hidden', 'off', TRUE);
+END
 $$;
 
 CREATE FUNCTION dzone_visibility_changed() RETURNS trigger LANGUAGE plpgsql AS $$
