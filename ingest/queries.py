@@ -26,9 +26,12 @@ __all__ = [
     "SYNC_CREATE_CHANGED",
     "SYNC_CREATE_TEMP",
     "SYNC_DELETE_DEPARTED",
+    "SYNC_HAS_ROWS",
+    "SYNC_LOCK_SERVER",
     "SYNC_TEMP_TABLE",
     "SYNC_UPSERT",
     "USERS_DELETE_SERVER",
+    "USERS_TABLE",
     "WRITE_CHANNELS",
     "WRITE_MEMBERS",
 ]
@@ -91,6 +94,12 @@ SERVER_UPSERT_SYNCED = """
 INSERT INTO discord_servers AS s (server_id, name, synced_at) VALUES ($1, $2, now())
 ON CONFLICT (server_id) DO UPDATE SET name = EXCLUDED.name, departed_at = NULL, synced_at = EXCLUDED.synced_at
 """
+
+# Held to the commit: other transactions cannot add rows of the server meanwhile (their foreign key
+# check needs KEY SHARE on its row), so an empty guild seen by SYNC_HAS_ROWS stays empty until the COPY.
+SYNC_LOCK_SERVER = "SELECT 1 FROM discord_servers WHERE server_id = $1 FOR UPDATE"
+SYNC_HAS_ROWS = "SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1)"
+USERS_TABLE = "discord_users"  # a first sync COPYs into it directly (ingest.store.full_sync)
 
 SYNC_TEMP_TABLE = "dzone_sync_members"
 SYNC_CREATE_TEMP = f"""

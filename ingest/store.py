@@ -7,7 +7,7 @@ neighbours: it is logged and counted, the rest written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -100,11 +100,14 @@ async def relay_messages(conn: asyncpg.Connection, messages: list[ChatLine]) -> 
 
 
 async def full_sync(
-    conn: asyncpg.Connection, server_id: str, name: str, rows: Iterable[MemberRow], bulk_threshold: int
+    conn: asyncpg.Connection, server_id: str, name: str, rows: Sequence[MemberRow], bulk_threshold: int
 ) -> SyncResult:
     """Make the guild's rows equal ``rows`` in one transaction, announcing only real changes."""
     async with conn.transaction():
         await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(name, server_id))
+        await conn.execute(queries.SYNC_LOCK_SERVER, server_id)
+        if not await conn.fetchval(queries.SYNC_HAS_ROWS, server_id):
+            return await _first_sync(conn, server_id, rows, bulk_threshold)
         await conn.execute(queries.SYNC_CREATE_TEMP)
         await conn.copy_records_to_table(
             queries.SYNC_TEMP_TABLE,
@@ -125,6 +128,20 @@ async def full_sync(
         if bulk:
             await conn.execute(queries.NOTIFY_RESYNC, server_id)
     return SyncResult(changes, bulk)
+
+
+async def _first_sync(
+    conn: asyncpg.Connection, server_id: str, rows: Sequence[MemberRow], bulk_threshold: int
+) -> SyncResult:
+    """The guild has no rows yet: nothing to compare or delete, so the snapshot is copied straight in."""
+    bulk = len(rows) >= bulk_threshold
+    if bulk:
+        await conn.execute(queries.BULK_MODE)
+    # Binary COPY of every MemberRow field: no staging table, no diff, no ON CONFLICT probe per row.
+    await conn.copy_records_to_table(queries.USERS_TABLE, records=rows, columns=MemberRow._fields)
+    if bulk:
+        await conn.execute(queries.NOTIFY_RESYNC, server_id)
+    return SyncResult(len(rows), bulk)
 
 
 async def depart(conn: asyncpg.Connection, server_id: str, bulk_threshold: int) -> SyncResult:
