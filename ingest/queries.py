@@ -36,17 +36,20 @@ __all__ = [
     "WRITE_MEMBERS",
 ]
 
-# $1..$5: upserted rows as parallel arrays; $6, $7: deleted (server_id, user_id) pairs.
+# $1: upserted rows, $2: deleted (server_id, user_id) pairs, each a JSON array of arrays in MemberRow
+# order (ingest.store.rows_json): one text parameter is far cheaper to encode than five text arrays.
 WRITE_MEMBERS = """
 WITH gone AS (
     DELETE FROM discord_users u
-    USING unnest($6::text[], $7::text[]) AS d(server_id, user_id)
-    WHERE u.server_id = d.server_id AND u.user_id = d.user_id
+    USING jsonb_array_elements($2::jsonb) AS d(pair)
+    WHERE u.server_id = d.pair->>0 AND u.user_id = d.pair->>1
+), r AS (
+    SELECT e->>0 AS server_id, e->>1 AS user_id, e->>2 AS username, e->>3 AS status, e->>4 AS role_color
+    FROM jsonb_array_elements($1::jsonb) AS e
 )
 INSERT INTO discord_users AS u (server_id, user_id, username, status, role_color)
 SELECT r.server_id, r.user_id, r.username, r.status, r.role_color
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-     AS r(server_id, user_id, username, status, role_color)
+FROM r
 WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = r.server_id)
 ON CONFLICT (user_id, server_id) DO UPDATE
     SET username = EXCLUDED.username, status = EXCLUDED.status, role_color = EXCLUDED.role_color

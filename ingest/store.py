@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
+import orjson
 import structlog
 
 from ingest import queries
@@ -40,12 +41,17 @@ def columns(rows: Sequence[tuple[str | bool, ...]], width: int) -> list[list[str
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+def rows_json(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as one JSON array of arrays, the shape WRITE_MEMBERS reads (orjson does not take NamedTuples)."""
+    return orjson.dumps(rows, default=tuple).decode()
+
+
 async def write_members(
     conn: asyncpg.Connection, upserts: list[MemberRow], deletes: list[tuple[str, str]]
 ) -> int:
     """Upsert and delete member rows in one statement; returns how many rows the schema refused."""
     try:
-        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 5), *columns(deletes, 2))
+        await conn.execute(queries.WRITE_MEMBERS, rows_json(upserts), rows_json(deletes))
     except ROW_ERRORS as exc:
         # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
         log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(upserts) + len(deletes))
@@ -61,7 +67,7 @@ async def _write_one_by_one(
     items += [([], [pair]) for pair in deletes]
     for rows, pairs in items:
         try:
-            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 5), *columns(pairs, 2))
+            await conn.execute(queries.WRITE_MEMBERS, rows_json(rows), rows_json(pairs))
         except ROW_ERRORS as exc:
             rejected += 1
             log.error(
