@@ -133,6 +133,31 @@ async def test_syncs_of_one_flush_run_on_several_connections_and_each_is_exact(
         await writer.close()
 
 
+async def test_a_sync_connection_killed_mid_copy_loses_no_guild(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    # Four guilds big enough that their COPYs overlap; one of the backends copying is terminated.
+    source = DictSource()
+    guilds = {server_id: make_rows(server_id, 40_000) for server_id in ("401", "402", "403", "404")}
+    for server_id, rows in guilds.items():
+        source.set_guild(server_id, f"guild {server_id}", rows)
+    writer = make_writer(database_url, source, backoff_max_s=0.2)
+    try:
+        for server_id in guilds:
+            writer.sync_guild(server_id)
+        copying = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY%discord_users%' AND pid <> pg_backend_pid()"
+        pid = await wait_for(lambda: conn.fetchval(copying), timeout=30, message="a sync copying")
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        started = asyncio.get_running_loop().time()
+        await writer.wait_idle(timeout=60)
+        for server_id, rows in guilds.items():
+            assert await table_rows(conn, server_id) == expected_rows(rows), server_id
+        assert writer.stats.failures >= 1
+        print(f"4 guilds exact {asyncio.get_running_loop().time() - started:.2f}s after the kill")
+    finally:
+        await writer.close()
+
+
 async def test_live_updates_coalesce_and_noops_announce_nothing(
     database_url: str, conn: asyncpg.Connection, feed: FeedRecorder
 ) -> None:
