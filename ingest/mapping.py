@@ -43,8 +43,8 @@ class RoleView(NamedTuple):
     color: int
 
 
-def status_name(raw_status: str) -> str:
-    """Discord's status string -> the four statuses the schema knows; unknown values read as offline."""
+def status_name(raw_status: str | None) -> str:
+    """Discord's status string -> the four statuses the schema knows; unknown or none reads as offline."""
     return _STATUS_BY_RAW.get(raw_status, "offline")
 
 

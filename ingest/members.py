@@ -144,7 +144,9 @@ class GuildMembers:
         return self.members.pop(user_id, None) is not None
 
     def row(self, user_id: int | str, member: LeanMember) -> MemberRow:
-        return MemberRow(self.server_id, str(user_id), member.name, member.status, self.colour(member.roles))
+        # Every presence comes here: the cached colour is read inline, colour() only on a miss.
+        colour = self._colours.get(member.roles) or self.colour(member.roles)
+        return MemberRow(self.server_id, str(user_id), member.name, member.status, colour)
 
     def rows(self, include_bots: bool) -> list[MemberRow]:
         """Every member's row (the full sync's snapshot)."""
@@ -169,7 +171,7 @@ class GuildMembers:
 
 def presence_status(data: PresencePayload) -> str:
     """The schema status of a presence payload (its top-level ``status``; client statuses do not matter)."""
-    return status_name(data.get("status") or OFFLINE)
+    return status_name(data.get("status"))
 
 
 def role_view(data: RolePayload) -> RoleView:
