@@ -625,7 +625,12 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,10x100000", help="memory steps: members or GxM")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest at the unbounded rate")
     parser.add_argument("--relay", action="store_true", help="also the chat relay statement benchmark")
-    parser.add_argument("--events", type=int, default=400_000, help="replayed presence frames (the drain at the end amortised)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=400_000,
+        help="replayed presence frames (the drain at the end amortised)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="bare/ingest rounds at the unbounded rate")
     parser.add_argument(
         "--network",

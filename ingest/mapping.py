@@ -15,7 +15,7 @@ from shared.discord_rules import DEFAULT_ROLE_COLOR
 USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
 SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
 # Discord's "invisible" is what the member sets; everyone else (and we) see "offline".
-_STATUS_BY_RAW: dict[str, str] = {
+_STATUS_BY_RAW: dict[str | None, str] = {
     "online": "online",
     "idle": "idle",
     "dnd": "dnd",
