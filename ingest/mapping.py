@@ -16,7 +16,7 @@ USERNAME_MAX_CHARS = 100  # discord_users.username is VARCHAR(100)
 SERVER_NAME_MAX_CHARS = 100  # discord_servers.name is VARCHAR(100)
 ROLE_NAME_MAX_CHARS = 100  # discord_roles.name is VARCHAR(100)
 # Discord's "invisible" is what the member sets; everyone else (and we) see "offline".
-_STATUS_BY_RAW: dict[str, str] = {
+_STATUS_BY_RAW: dict[str | None, str] = {
     "online": "online",
     "idle": "idle",
     "dnd": "dnd",
@@ -52,8 +52,8 @@ class RoleView(NamedTuple):
     color: int
 
 
-def status_name(raw_status: str) -> str:
-    """Discord's status string -> the four statuses the schema knows; unknown values read as offline."""
+def status_name(raw_status: str | None) -> str:
+    """Discord's status string -> the four statuses the schema knows; unknown or none reads as offline."""
     return _STATUS_BY_RAW.get(raw_status, "offline")
 
 

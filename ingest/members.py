@@ -149,10 +149,10 @@ class GuildMembers:
         return self.members.pop(user_id, None) is not None
 
     def row(self, user_id: int | str, member: LeanMember) -> MemberRow:
+        # Every presence comes here: the cached colour is read inline, colour() only on a miss.
         roles = member.roles
-        return MemberRow(
-            self.server_id, str(user_id), member.name, member.status, self.colour(roles), role_text(roles)
-        )
+        colour = self._colours.get(roles) or self.colour(roles)
+        return MemberRow(self.server_id, str(user_id), member.name, member.status, colour, role_text(roles))
 
     def rows(self, include_bots: bool) -> list[MemberRow]:
         """Every member's row (the full sync's snapshot)."""
@@ -183,7 +183,7 @@ def role_text(roles: RoleIds) -> str:
 
 def presence_status(data: PresencePayload) -> str:
     """The schema status of a presence payload (its top-level ``status``; client statuses do not matter)."""
-    return status_name(data.get("status") or OFFLINE)
+    return status_name(data.get("status"))
 
 
 def role_view(data: RolePayload) -> RoleView:

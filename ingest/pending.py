@@ -50,6 +50,7 @@ class Taken:
     batch: Batch
     messages: list[ChatLine]
     done_ops: set[str] = field(default_factory=set)  # ops written so far (not put back on failure)
+    failed: bool = False  # a guild op failed: concurrent syncs stop taking more
 
 
 class PendingWork:

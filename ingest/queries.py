@@ -26,30 +26,33 @@ __all__ = [
     "SYNC_CREATE_CHANGED",
     "SYNC_CREATE_TEMP",
     "SYNC_DELETE_DEPARTED",
+    "SYNC_HAS_ROWS",
     "SYNC_INSERT",
+    "SYNC_LOCK_SERVER",
     "SYNC_TEMP_TABLE",
     "SYNC_UPDATE",
     "USERS_DELETE_SERVER",
+    "USERS_TABLE",
     "WRITE_CHANNELS",
     "WRITE_MEMBERS",
     "WRITE_ROLES",
 ]
 
-# $1..$6: upserted rows as parallel arrays (role ids comma-separated: arrays cannot be ragged);
-# $7, $8: deleted (server_id, user_id) pairs. Stored rows are UPDATEd and only new ones INSERTed: an
-# upsert would run the rows' BEFORE INSERT triggers (the visibility rules) on every presence change.
-# Every part sees the statement's snapshot, so a row is either updated or inserted, never both; ON
-# CONFLICT covers a row another writer inserted meanwhile.
+# $1: upserted rows, $2: deleted (server_id, user_id) pairs, each a JSON array of arrays in MemberRow
+# order (ingest.store.rows_json; role ids comma-separated): one text parameter is far cheaper to encode
+# than six text arrays. Stored rows are UPDATEd and only new ones INSERTed: an upsert would run the
+# rows' BEFORE INSERT triggers (the visibility rules) on every presence change. Every part sees the
+# statement's snapshot, so a row is either updated or inserted, never both; ON CONFLICT covers a row
+# another writer inserted meanwhile.
 WRITE_MEMBERS = """
 WITH incoming AS (
-    SELECT r.server_id, r.user_id, r.username, r.status, r.role_color,
-           string_to_array(r.role_ids, ',') AS role_ids
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-         AS r(server_id, user_id, username, status, role_color, role_ids)
+    SELECT e->>0 AS server_id, e->>1 AS user_id, e->>2 AS username, e->>3 AS status, e->>4 AS role_color,
+           string_to_array(e->>5, ',') AS role_ids
+    FROM jsonb_array_elements($1::jsonb) AS e
 ), gone AS (
     DELETE FROM discord_users u
-    USING unnest($7::text[], $8::text[]) AS d(server_id, user_id)
-    WHERE u.server_id = d.server_id AND u.user_id = d.user_id
+    USING jsonb_array_elements($2::jsonb) AS d(pair)
+    WHERE u.server_id = d.pair->>0 AND u.user_id = d.pair->>1
 ), changed AS (
     UPDATE discord_users u
     SET username = r.username, status = r.status, role_color = r.role_color, role_ids = r.role_ids
@@ -129,6 +132,12 @@ WHERE EXISTS (SELECT 1 FROM discord_servers s WHERE s.server_id = $1::text)
 ON CONFLICT (server_id, role_id) DO UPDATE SET name = EXCLUDED.name
     WHERE d.name IS DISTINCT FROM EXCLUDED.name
 """
+
+# Held to the commit: other transactions cannot add rows of the server meanwhile (their foreign key
+# check needs KEY SHARE on its row), so an empty guild seen by SYNC_HAS_ROWS stays empty until the COPY.
+SYNC_LOCK_SERVER = "SELECT 1 FROM discord_servers WHERE server_id = $1 FOR UPDATE"
+SYNC_HAS_ROWS = "SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1)"
+USERS_TABLE = "discord_users"  # a first sync COPYs into it directly (ingest.store.full_sync)
 
 SYNC_TEMP_TABLE = "dzone_sync_members"
 SYNC_CREATE_TEMP = f"""

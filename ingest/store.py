@@ -7,11 +7,12 @@ neighbours: it is logged and counted, the rest written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
+import orjson
 import structlog
 
 from ingest import queries
@@ -40,12 +41,17 @@ def columns(rows: Sequence[tuple[str | bool, ...]], width: int) -> list[list[str
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+def rows_json(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as one JSON array of arrays, the shape WRITE_MEMBERS reads (orjson does not take NamedTuples)."""
+    return orjson.dumps(rows, default=tuple).decode()
+
+
 async def write_members(
     conn: asyncpg.Connection, upserts: list[MemberRow], deletes: list[tuple[str, str]]
 ) -> int:
     """Upsert and delete member rows in one statement; returns how many rows the schema refused."""
     try:
-        await conn.execute(queries.WRITE_MEMBERS, *columns(upserts, 6), *columns(deletes, 2))
+        await conn.execute(queries.WRITE_MEMBERS, rows_json(upserts), rows_json(deletes))
     except ROW_ERRORS as exc:
         # A row the schema refuses must not sink its neighbours: write one by one, log the bad ones.
         log.error("batch_rejected", error=f"{type(exc).__name__}: {exc}", rows=len(upserts) + len(deletes))
@@ -61,7 +67,7 @@ async def _write_one_by_one(
     items += [([], [pair]) for pair in deletes]
     for rows, pairs in items:
         try:
-            await conn.execute(queries.WRITE_MEMBERS, *columns(rows, 6), *columns(pairs, 2))
+            await conn.execute(queries.WRITE_MEMBERS, rows_json(rows), rows_json(pairs))
         except ROW_ERRORS as exc:
             rejected += 1
             log.error(
@@ -108,7 +114,7 @@ async def full_sync(
     conn: asyncpg.Connection,
     server_id: str,
     name: str,
-    rows: Iterable[MemberRow],
+    rows: Sequence[MemberRow],
     bulk_threshold: int,
     roles: Sequence[RoleRow] | None = None,
 ) -> SyncResult:
@@ -116,8 +122,11 @@ async def full_sync(
     real changes. The roles go first, so the members are judged by the names rules may give."""
     async with conn.transaction():
         await conn.execute(queries.SERVER_UPSERT_SYNCED, server_id, server_name(name, server_id))
+        await conn.execute(queries.SYNC_LOCK_SERVER, server_id)
         if roles is not None:
             await write_roles(conn, server_id, roles)
+        if not await conn.fetchval(queries.SYNC_HAS_ROWS, server_id):
+            return await _first_sync(conn, server_id, rows, bulk_threshold)
         await conn.execute(queries.SYNC_CREATE_TEMP)
         await conn.copy_records_to_table(
             queries.SYNC_TEMP_TABLE,
@@ -139,6 +148,27 @@ async def full_sync(
         if bulk:
             await conn.execute(queries.NOTIFY_RESYNC, server_id)
     return SyncResult(changes, bulk)
+
+
+async def _first_sync(
+    conn: asyncpg.Connection, server_id: str, rows: Sequence[MemberRow], bulk_threshold: int
+) -> SyncResult:
+    """The guild has no rows yet: nothing to compare or delete, so the snapshot is copied straight in."""
+    bulk = len(rows) >= bulk_threshold
+    if bulk:
+        await conn.execute(queries.BULK_MODE)
+    # Binary COPY of every MemberRow field: no staging table, no diff, no ON CONFLICT probe per row.
+    await conn.copy_records_to_table(
+        queries.USERS_TABLE, records=(_stored(row) for row in rows), columns=MemberRow._fields
+    )
+    if bulk:
+        await conn.execute(queries.NOTIFY_RESYNC, server_id)
+    return SyncResult(len(rows), bulk)
+
+
+def _stored(row: MemberRow) -> tuple[str | list[str], ...]:
+    """A MemberRow as discord_users stores it: the role ids (its last field, comma-separated) as text[]."""
+    return (*row[:-1], row.role_ids.split(",") if row.role_ids else [])
 
 
 async def depart(conn: asyncpg.Connection, server_id: str, bulk_threshold: int) -> SyncResult:

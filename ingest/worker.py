@@ -33,6 +33,7 @@ def writer_config(settings: IngestSettings) -> WriterConfig:
         batch_max_rows=settings.batch_max_rows,
         batch_max_delay_s=settings.batch_max_delay_ms / 1000,
         bulk_threshold=settings.bulk_threshold,
+        sync_connections=settings.sync_connections,
         resync_after_outage_s=settings.resync_after_outage_s,
         message_queue_max=settings.message_queue_max,
         stats_interval_s=settings.stats_interval_s,

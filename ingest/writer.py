@@ -114,6 +114,7 @@ class WriterConfig:
     )  # a sync this big announces a resync
     resync_after_outage_s: float = default_of(IngestSettings, "resync_after_outage_s", float)
     message_queue_max: int = default_of(IngestSettings, "message_queue_max", int)
+    sync_connections: int = default_of(IngestSettings, "sync_connections", int)  # full syncs at once
     connect_timeout_s: float = 5.0
     command_timeout_s: float = 60.0
     backoff_initial_s: float = 0.1
@@ -478,12 +479,15 @@ class Writer:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         self._conn = None
-        self._conn = await asyncpg.connect(
+        self._conn = await self._open()
+        return self._conn
+
+    async def _open(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
             self._url,
             timeout=self.config.connect_timeout_s,
             command_timeout=self.config.command_timeout_s,
         )
-        return self._conn
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
         """Take everything due, write it; on an error put back what was not written."""
@@ -500,9 +504,7 @@ class Writer:
         if taken.reconcile is not None:
             await self._apply_reconcile(conn, taken.reconcile, taken.ops)
             taken.reconcile = None
-        for server_id, op in taken.ops.items():
-            await self._apply_op(conn, server_id, op)
-            taken.done_ops.add(server_id)
+        await self._apply_ops(conn, taken)
         for server_id in list(taken.role_syncs):
             roles = self._source.roles(server_id)
             if roles is not None:
@@ -556,10 +558,55 @@ class Writer:
                 rows.extend(found)
         return rows
 
+    async def _apply_ops(self, conn: asyncpg.Connection, taken: Taken) -> None:
+        """The guild ops: full syncs on up to ``sync_connections`` connections at once, the rest in order.
+
+        A sync is mostly PostgreSQL's work (triggers, index inserts), so a second connection lets a
+        second backend take the other core while this process builds and encodes the next snapshot.
+        """
+        syncs = deque(server_id for server_id, op in taken.ops.items() if op.kind == "sync")
+        for server_id, op in taken.ops.items():
+            if op.kind != "sync":
+                await self._apply_op(conn, server_id, op)
+                taken.done_ops.add(server_id)
+        extra = min(self.config.sync_connections, len(syncs)) - 1
+        if extra <= 0:
+            await self._sync_lane(conn, syncs, taken)
+            return
+        # Opened per flush and closed after it: a burst of syncs is rare, an idle connection is not kept.
+        lanes = [conn]
+        results: list[BaseException | None] = []
+        try:
+            for _ in range(extra):
+                lanes.append(await self._open())
+            results = await asyncio.gather(
+                *(self._sync_lane(lane, syncs, taken) for lane in lanes), return_exceptions=True
+            )
+        finally:
+            for lane, result in itertools.zip_longest(lanes[1:], results[1:]):
+                if result is None and len(results) == len(lanes):
+                    await lane.close(timeout=self.config.connect_timeout_s)
+                else:
+                    lane.terminate()  # failed, or the flush was cancelled: its state is unknown
+        for result in results:
+            if result is not None:
+                raise result  # the first lane's error; syncs not done are put back by _flush
+
+    async def _sync_lane(self, conn: asyncpg.Connection, syncs: deque[str], taken: Taken) -> None:
+        """Run full syncs from the shared queue on one connection until it is empty or a lane failed."""
+        while syncs and not taken.failed:
+            server_id = syncs.popleft()
+            try:
+                await self._apply_op(conn, server_id, taken.ops[server_id])
+            except BaseException:
+                taken.failed = True  # the other lanes finish their guild and stop
+                raise
+            taken.done_ops.add(server_id)
+
     async def _apply_op(self, conn: asyncpg.Connection, server_id: str, op: GuildOp) -> None:
         try:
             if op.kind == "sync":
-                # Read now, one guild at a time: only one guild's rows exist as a list at once.
+                # Read now, one guild per connection: only that many guilds' rows exist as lists at once.
                 snapshot = self._source.snapshot(server_id)
                 if snapshot is None:
                     log.info("full_sync_skipped_guild_gone", server_id=server_id)

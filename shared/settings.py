@@ -97,6 +97,7 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     batch_max_rows: int = Field(default=2000, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
     bulk_threshold: int = Field(default=500, ge=1)  # a sync changing this many rows announces one resync
+    sync_connections: int = Field(default=2, ge=1)  # full syncs run on this many connections at once
     resync_after_outage_s: float = Field(default=30.0, ge=0)
     message_queue_max: int = Field(default=10_000, ge=1)
     stats_interval_s: float = Field(default=10.0, ge=0)  # 0 = no periodic rate log

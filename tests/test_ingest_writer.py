@@ -14,7 +14,7 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow
 from ingest.writer import Writer, WriterConfig
 from shared.db import migrate
-from shared.feed import ChatMessage, ServerChanged, ServerResync, UserDeleted, UserUpserted
+from shared.feed import CHANNEL, ChatMessage, ServerChanged, ServerResync, UserDeleted, UserUpserted, decode
 from tests.ingest_helpers import DictSource, FeedRecorder, expected_rows, make_rows, table_rows
 from tests.pg import PgServer, with_database
 from tests.waiting import wait_for
@@ -92,6 +92,68 @@ async def test_big_sync_uses_bulk_mode_and_one_resync(
         writer.put(make_rows(G2, 1, status="dnd")[0])  # a marker event that follows in commit order
         await wait_for(lambda: feed.of(UserUpserted), message="marker")
         assert not feed.of(ServerResync) and len(feed.of(UserUpserted)) == 1
+    finally:
+        await writer.close()
+
+
+async def test_syncs_of_one_flush_run_on_several_connections_and_each_is_exact(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    # Three new guilds (copied straight in) and one already stored (diffed: a change, a departure).
+    source = DictSource()
+    guilds = {server_id: make_rows(server_id, 300) for server_id in ("301", "302", "303")}
+    stored = make_rows(G1, 60)
+    source.set_guild(G1, "stored", stored)
+    writer = make_writer(database_url, source)
+    try:
+        writer.sync_guild(G1)
+        await writer.wait_idle()
+        notifiers: dict[str, int] = {}  # server_id of each resync -> the backend that announced it
+
+        def record(_conn: object, pid: int, _channel: str, payload: str) -> None:
+            event = decode(payload)
+            if isinstance(event, ServerResync):
+                notifiers[event.server_id] = pid
+
+        await conn.add_listener(CHANNEL, record)
+        for server_id, rows in guilds.items():
+            source.set_guild(server_id, f"guild {server_id}", rows)
+        now = [stored[0]._replace(status="dnd"), *stored[2:]]
+        source.set_guild(G1, "stored", now)
+        for server_id in (*guilds, G1):
+            writer.sync_guild(server_id)
+        await writer.wait_idle()
+        for server_id, rows in guilds.items():
+            assert await table_rows(conn, server_id) == expected_rows(rows)
+        assert await table_rows(conn, G1) == expected_rows(now)
+        await wait_for(lambda: len(notifiers) == 3, message="a resync per new guild")
+        assert len(set(notifiers.values())) >= 2, notifiers  # more than one connection did the work
+        assert writer.stats.full_syncs == 5
+    finally:
+        await writer.close()
+
+
+async def test_a_sync_connection_killed_mid_copy_loses_no_guild(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    # Four guilds big enough that their COPYs overlap; one of the backends copying is terminated.
+    source = DictSource()
+    guilds = {server_id: make_rows(server_id, 40_000) for server_id in ("401", "402", "403", "404")}
+    for server_id, rows in guilds.items():
+        source.set_guild(server_id, f"guild {server_id}", rows)
+    writer = make_writer(database_url, source, backoff_max_s=0.2)
+    try:
+        for server_id in guilds:
+            writer.sync_guild(server_id)
+        copying = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY%discord_users%' AND pid <> pg_backend_pid()"
+        pid = await wait_for(lambda: conn.fetchval(copying), timeout=30, message="a sync copying")
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        started = asyncio.get_running_loop().time()
+        await writer.wait_idle(timeout=60)
+        for server_id, rows in guilds.items():
+            assert await table_rows(conn, server_id) == expected_rows(rows), server_id
+        assert writer.stats.failures >= 1
+        print(f"4 guilds exact {asyncio.get_running_loop().time() - started:.2f}s after the kill")
     finally:
         await writer.close()
 

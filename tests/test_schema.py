@@ -293,3 +293,26 @@ async def test_last_seen_moves_only_on_real_change(conn: asyncpg.Connection) -> 
     assert str(await conn.fetchval("SELECT last_seen FROM discord_users")) == "2020-01-01 00:00:00"
     await conn.execute("UPDATE discord_users SET status = 'idle'")
     assert (await conn.fetchval("SELECT last_seen FROM discord_users")).year > 2020
+
+
+async def test_row_checks_refuse_exactly_what_the_regular_expressions_refuse(
+    conn: asyncpg.Connection,
+) -> None:
+    # Migration 0006 wrote the two regex CHECKs with string functions (cheaper per row): same rules.
+    import importlib
+
+    checks = importlib.import_module("migrations.versions.0006_cheaper_row_checks")
+    user_ids = ["", "0", "7", "1" * 20, "1" * 21, "12a", " 1", "1 ", "1\n", "-1", "١٢", "1.5", "+1"]
+    colours = ["#000000", "#abcdef", "#ABCDEF", "#abcde", "#abcdeff", "abcdef0", "#abcdeg", "##abcde",
+               "#abc\ndef", "#0a0b0c", "#-12345", " #00000"]  # fmt: skip
+    for column, values, pattern, rule in (
+        ("user_id", user_ids, "^[0-9]{1,20}$", checks.USER_ID_SNOWFLAKE),
+        ("role_color", colours, "^#[0-9a-f]{6}$", checks.ROLE_COLOR_HEX),
+    ):
+        rows = await conn.fetch(
+            f"SELECT {column}, {column} ~ $2 AS by_regex, {rule} AS by_rule FROM unnest($1::text[]) AS {column}",
+            values,
+            pattern,
+        )
+        assert [(r[column], r["by_rule"]) for r in rows] == [(r[column], r["by_regex"]) for r in rows]
+        assert any(r["by_regex"] for r in rows) and not all(r["by_regex"] for r in rows)
