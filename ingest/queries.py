@@ -16,6 +16,7 @@ __all__ = [
     "COUNT_SERVER_USERS",
     "NOTIFY_MESSAGE",
     "NOTIFY_RESYNC",
+    "RECOMPUTE_HIDDEN",
     "RELAY_MESSAGES",
     "SERVERS_PRESENT",
     "SERVER_DEPART",
@@ -138,6 +139,9 @@ ON CONFLICT (server_id, role_id) DO UPDATE SET name = EXCLUDED.name
 SYNC_LOCK_SERVER = "SELECT 1 FROM discord_servers WHERE server_id = $1 FOR UPDATE"
 SYNC_HAS_ROWS = "SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1)"
 USERS_TABLE = "discord_users"  # a first sync COPYs into it directly (ingest.store.full_sync)
+
+# Bulk mode skips the per-row visibility check (migration 0005): the sync judges the server at once.
+RECOMPUTE_HIDDEN = "SELECT dzone_recompute_hidden($1)"
 
 SYNC_TEMP_TABLE = "dzone_sync_members"
 SYNC_CREATE_TEMP = f"""

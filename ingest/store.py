@@ -146,6 +146,7 @@ async def full_sync(
         if departed:
             await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
         if bulk:
+            await conn.execute(queries.RECOMPUTE_HIDDEN, server_id)
             await conn.execute(queries.NOTIFY_RESYNC, server_id)
     return SyncResult(changes, bulk)
 
@@ -162,6 +163,7 @@ async def _first_sync(
         queries.USERS_TABLE, records=(_stored(row) for row in rows), columns=MemberRow._fields
     )
     if bulk:
+        await conn.execute(queries.RECOMPUTE_HIDDEN, server_id)
         await conn.execute(queries.NOTIFY_RESYNC, server_id)
     return SyncResult(len(rows), bulk)
 

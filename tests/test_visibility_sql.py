@@ -11,6 +11,8 @@ import random
 import asyncpg
 import pytest
 
+from ingest import store
+from ingest.mapping import MemberRow
 from shared import feed
 from tests import test_feed
 from tests.test_feed import Listener
@@ -234,3 +236,28 @@ async def test_a_servers_recompute_agrees_with_the_per_row_rule(conn: asyncpg.Co
         assert not wrong, [row["user_id"] for row in wrong]
         checked.add(await conn.fetchval("SELECT count(*) FROM discord_users WHERE hidden"))
     assert len(checked) > 10, checked  # the cases were not all alike
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["first-sync-copy", "diff-path"])
+async def test_a_bulk_sync_judges_its_rows_by_the_rules(
+    conn: asyncpg.Connection, stored_before: bool
+) -> None:
+    """In bulk mode the per-row check is off; the sync judges the server set-based before its commit."""
+    await conn.execute("INSERT INTO discord_servers (server_id, name) VALUES ($1, 'Guild')", SERVER)
+    await conn.execute(
+        "INSERT INTO discord_roles (server_id, role_id, name) VALUES ($1, $2, 'hide me from d-zone')",
+        SERVER,
+        ROLE_OPT_OUT,
+    )
+    await rule(conn, "opt_out_role", "hide me from d-zone")
+    await rule(conn, "hide_user", "4")
+    if stored_before:  # a stored member who is not hidden now, and one who is but no longer will be
+        await store.full_sync(conn, SERVER, "Guild", [member("1", ""), member("2", ROLE_OPT_OUT)], 10**6)
+    rows = [member("1", ROLE_OPT_OUT), member("2", ""), member("3", ROLE_MOD), member("4", "")]
+    result = await store.full_sync(conn, SERVER, "Guild", rows, bulk_threshold=1)
+    assert result.bulk
+    assert await hidden(conn) == {"1", "4"}
+
+
+def member(user_id: str, role_ids: str) -> MemberRow:
+    return MemberRow(SERVER, user_id, f"member {user_id}", "online", "#000000", role_ids)
