@@ -146,8 +146,7 @@ async def full_sync(
         if departed:
             await conn.execute(queries.SYNC_DELETE_DEPARTED, server_id)
         if bulk:
-            await conn.execute(queries.RECOMPUTE_HIDDEN, server_id)
-            await conn.execute(queries.NOTIFY_RESYNC, server_id)
+            await _finish_bulk(conn, server_id)
     return SyncResult(changes, bulk)
 
 
@@ -163,9 +162,15 @@ async def _first_sync(
         queries.USERS_TABLE, records=(_stored(row) for row in rows), columns=MemberRow._fields
     )
     if bulk:
-        await conn.execute(queries.RECOMPUTE_HIDDEN, server_id)
-        await conn.execute(queries.NOTIFY_RESYNC, server_id)
+        await _finish_bulk(conn, server_id)
     return SyncResult(len(rows), bulk)
+
+
+async def _finish_bulk(conn: asyncpg.Connection, server_id: str) -> None:
+    """End of a bulk write (the per-row triggers were off): judge the server's visibility at once, then
+    announce one resync (docs/change-feed.md, bulk mode)."""
+    await conn.execute(queries.RECOMPUTE_HIDDEN, server_id)
+    await conn.execute(queries.NOTIFY_RESYNC, server_id)
 
 
 def _stored(row: MemberRow) -> tuple[str | list[str], ...]:
@@ -183,7 +188,7 @@ async def depart(conn: asyncpg.Connection, server_id: str, bulk_threshold: int) 
             await conn.execute(queries.BULK_MODE)
         await conn.execute(queries.USERS_DELETE_SERVER, server_id)
         if bulk:
-            await conn.execute(queries.NOTIFY_RESYNC, server_id)
+            await _finish_bulk(conn, server_id)
     return SyncResult(members, bulk)
 
 

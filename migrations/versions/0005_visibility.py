@@ -83,26 +83,29 @@ $$;
 
 CREATE FUNCTION dzone_users_hidden() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('dzone.recomputing_hidden', TRUE) = 'on' THEN
-        RETURN NEW;  -- dzone_recompute_hidden's own verdict: judging each row again would double its cost
-    END IF;
     NEW.hidden := dzone_member_hidden(NEW.server_id, NEW.user_id, NEW.role_ids);
     RETURN NEW;
 END
 $$;
 
+-- True while the rows being written are judged for the whole server at once (dzone_recompute_hidden):
+-- during the recompute itself, and in the ingest's bulk mode (a full sync of many rows, announced as
+-- one resync), which recomputes before its commit. A check per row then would only repeat the verdict;
+-- it made a 1M-member first sync twice as slow.
+CREATE FUNCTION dzone_hidden_set_based() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT dzone_feed_bulk() OR coalesce(current_setting('dzone.recomputing_hidden', TRUE), '') = 'on'
+$$;
+
 -- Every insert (an upsert's proposed row too), but an update only when what decides changed: a
 -- presence or a rename leaves the row's visibility as it was. Writing ``hidden`` itself recomputes it,
--- so an operator's UPDATE cannot set it against the rules. Not in the ingest's bulk mode (a full sync
--- of many rows, announced as one resync): it judges the whole server set-based before its commit
--- (dzone_recompute_hidden), where a call per row made a 1M-member first sync twice as slow.
+-- so an operator's UPDATE cannot set it against the rules.
 CREATE TRIGGER discord_users_hidden_insert BEFORE INSERT ON discord_users
-    FOR EACH ROW WHEN (NOT dzone_feed_bulk()) EXECUTE FUNCTION dzone_users_hidden();
+    FOR EACH ROW WHEN (NOT dzone_hidden_set_based()) EXECUTE FUNCTION dzone_users_hidden();
 CREATE TRIGGER discord_users_hidden_update BEFORE UPDATE ON discord_users
     FOR EACH ROW
     WHEN ((OLD.server_id, OLD.user_id, OLD.role_ids, OLD.hidden)
           IS DISTINCT FROM (NEW.server_id, NEW.user_id, NEW.role_ids, NEW.hidden)
-          AND NOT dzone_feed_bulk())
+          AND NOT dzone_hidden_set_based())
     EXECUTE FUNCTION dzone_users_hidden();
 
 -- One server's rows whose visibility changed are updated (and so announced by the feed trigger). Set-based:
@@ -274,6 +277,7 @@ DROP FUNCTION dzone_roles_changed();
 DROP FUNCTION dzone_visibility_changed();
 DROP FUNCTION dzone_recompute_hidden(text);
 DROP FUNCTION dzone_users_hidden();
+DROP FUNCTION dzone_hidden_set_based();
 DROP FUNCTION dzone_member_hidden(text, text, text[]);
 ALTER TABLE discord_users DROP COLUMN hidden;
 ALTER TABLE discord_users DROP COLUMN role_ids;
