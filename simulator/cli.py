@@ -63,8 +63,10 @@ def simulate(
     log_level: str,
 ) -> None:
     """Run a local Discord (REST + gateway + /_sim/ control API) for the ingest, demos and tests."""
+    from shared import redaction
     from shared.logs import configure
 
+    redaction.add(bot_token)  # the token the simulator accepts is the bot's: never printed either
     configure(log_level)
     sizes: list[int] | None = None
     if guild_sizes:
