@@ -13,7 +13,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 REPLACEMENT = "[redacted]"
 # Shorter values would blank out ordinary words (a 3-character password protects nothing anyway).
@@ -63,9 +63,13 @@ class Secrets:
         """The password inside a libpq URL, if any."""
         if url:
             try:
-                self.add(urlsplit(url).password)
+                password = urlsplit(url).password
             except ValueError:  # not even a URL: the whole value is what must not be shown
                 self.add(url)
+                return
+            if password:  # libpq (and asyncpg) percent-decode it: the decoded one is the secret
+                self.add(unquote(password))
+                self.add(password)
 
     def add_environment(self, environ: Mapping[str, str] = os.environ) -> None:
         """The secrets among the process's environment variables (before any of them is validated)."""
