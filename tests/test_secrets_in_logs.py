@@ -183,7 +183,7 @@ def _refused_database_password(pg: Any, fmt: str, command: str, sim: Simulator) 
                 DZONE_LOG_TRACEBACK_LOCALS="1",
             )
             args = ["serve", "--port", str(free_port())] if command == "serve" else [command]
-            code, output = asyncio.run(_dzone(*args, env=env, until="password authentication failed"))
+            _, output = asyncio.run(_dzone(*args, env=env, until="password authentication failed"))
             assert "password authentication failed" in output, output[-3000:]
             _assert_no_secret(output, WRONG_DB_PASSWORD, DB_PASSWORD, BOT_TOKEN)
 
