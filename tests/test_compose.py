@@ -242,7 +242,7 @@ def test_the_serve_trusts_the_compose_network_it_is_reached_through(raw: dict[st
     import ipaddress
 
     gateway = next(ipaddress.ip_network(subnet).hosts())  # Docker's default gateway: the first address
-    settings = ServeSettings(trusted_proxies=subnet)  # type: ignore[call-arg]
+    settings = ServeSettings(trusted_proxies=subnet)
     assert any(gateway in network for network in settings.trusted_proxies)
 
 
@@ -395,3 +395,13 @@ def _require_password_for(pg: Any, role: str) -> bool:
         hba.write_text(rule + hba.read_text())
     asyncio.run(_admin(pg.admin_url, "SELECT pg_reload_conf()"))
     return True
+
+
+def test_the_nginx_recipe_lists_every_published_port(services: dict[str, dict[str, Any]]) -> None:
+    """A rolling restart moves replicas to other ports of the range: nginx must know them all."""
+    from tests.nginx import RECIPE, RECIPE_UPSTREAMS
+
+    published = str(services["serve"]["ports"][0]).split(":")[1]
+    first, last = (int(port) for port in published.split("-"))
+    expected = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in range(first, last + 1))
+    assert expected == RECIPE_UPSTREAMS and expected in RECIPE.read_text()
