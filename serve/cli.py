@@ -32,7 +32,7 @@ from shared.settings import ConfigError, ServeSettings, load
     default=None,
     envvar="DZONE_STATIC_DIR",
     show_envvar=True,
-    help="Serve this directory (a d-zone build) at / instead of the built-in status page.",
+    help="Serve this directory (a d-zone build) at / instead of the built-in live view.",
 )
 def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
     """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them.
