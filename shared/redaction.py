@@ -102,7 +102,10 @@ class Secrets:
         pattern = self._pattern
         if pattern is not None:
             text = pattern.sub(REPLACEMENT, text)
-        if self._transient:
+        transient = self._transient
+        if transient and any(
+            run in transient or run.strip("._~-") in transient for run in TOKEN_SHAPE.findall(text)
+        ):  # the common line holds none: one scan, no rewrite
             text = TOKEN_SHAPE.sub(self._transient_run, text)
         return text
 
