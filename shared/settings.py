@@ -70,8 +70,25 @@ class DatabaseSettings(_Base):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+    # Behind a pooler (docs/postgres.md): PostgreSQL itself, for the sessions a pooler cannot share (the
+    # serve's LISTEN, `dzone migrate`, `dzone status`), and the pooler's mode ("transaction": asyncpg's
+    # statement cache off on every connection through it).
+    database_direct_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_DIRECT_URL"), description="libpq URL"
+    )
+    database_pooler: Literal["none", "transaction"] = "none"
 
-    _url = field_validator("database_url")(_check_database_url)
+    _url = field_validator("database_url", "database_direct_url")(_check_database_url)
+
+    @property
+    def session_url(self) -> str | None:
+        """The URL for a session of its own (LISTEN, migrations, status): the direct one when set."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def session_pooler(self) -> Literal["none", "transaction"]:
+        """The pooler mode on :attr:`session_url` (the direct URL has no pooler)."""
+        return "none" if self.database_direct_url else self.database_pooler
 
 
 class DiscordSettings(_Base):
@@ -153,8 +170,9 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
     slow_viewer_grace_s: float = Field(default=10.0, gt=0)
     provider_timeout_s: float = Field(default=10.0, gt=0)
+    # The feed probe (serve/feedprobe.py): a NOTIFY every interval that must be back within the timeout.
     listener_probe_interval_s: float = Field(default=5.0, gt=0)
-    listener_probe_timeout_s: float = Field(default=3.0, gt=0)
+    listener_probe_timeout_s: float = Field(default=5.0, gt=0)
     listener_backoff_max_s: float = Field(default=5.0, gt=0)
     pool_max_size: int = Field(default=5, ge=1)
     # Native TLS (serve/tls.py): HTTP and WebSocket on the same port; the pair is re-read when the files
