@@ -28,7 +28,10 @@ from shared.probe import decode as decode_probe
 log = structlog.get_logger(__name__)
 
 BACKOFF_START_S = 0.1
-DEAF_HINT = "LISTEN hears nothing (behind a transaction pooler? set DATABASE_DIRECT_URL: docs/postgres.md)"
+DEAF_HINT = (
+    "LISTEN hears nothing (its connection frozen or cut, or a transaction pooler in between:"
+    " set DATABASE_DIRECT_URL, docs/postgres.md)"
+)
 
 # Commits a NOTIFY (channel, payload) from a connection other than the LISTEN one.
 SendNotify = Callable[[str, str], Awaitable[object]]
