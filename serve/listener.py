@@ -95,7 +95,9 @@ class FeedListener:
                 probe = self._probe = FeedProbe(self.instance, self._probe_interval_s, self._probe_timeout_s)
                 await self._on_connected()
                 self.first_sync.set()
-                self.last_error = "waiting for the first feed probe"
+                # until a probe is back, /readyz keeps saying why the last connection was given up
+                waiting = "waiting for the first feed probe"
+                self.last_error = f"{waiting}; before: {self.last_error}" if attempt else waiting
                 if attempt:
                     log.info("listener_reconnected", attempts=attempt)
                 backoff, attempt = BACKOFF_START_S, 0
