@@ -37,7 +37,7 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, RoleRow
 from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
 from ingest.store import ROW_ERRORS
-from shared.db import APP_INGEST, APP_INGEST_SYNC, Pooler, connect, redacted
+from shared.db import APP_INGEST, APP_INGEST_SYNC, POOLER_ERRORS, POOLER_HINT, Pooler, connect, redacted
 from shared.settings import IngestSettings, default_of
 
 log = structlog.get_logger(__name__)
@@ -686,4 +686,6 @@ def _describe(exc: BaseException) -> str:
     """``Type: message`` of an error, with PostgreSQL's SQLSTATE when the server sent one."""
     sqlstate = getattr(exc, "sqlstate", None)
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, POOLER_ERRORS):
+        text += f" ({POOLER_HINT})"
     return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text

@@ -34,6 +34,10 @@ APP_LISTENER = LISTENER_APPLICATION_NAME  # the serve's LISTEN connection
 APP_MIGRATE = "dzone-migrate"
 APP_STATUS = "dzone-status"
 
+# What asyncpg's named prepared statements run into behind a transaction pooler not declared as one.
+POOLER_ERRORS = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
+POOLER_HINT = "behind a transaction pooler? set DZONE_DATABASE_POOLER=transaction (docs/postgres.md)"
+
 # Errors that mean "could not reach or log in to PostgreSQL" (TLS refusals are OSError subclasses).
 CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -77,6 +81,8 @@ def describe_connect_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError) and "SSL" in str(exc):
         return f"TLS: {exc} (the server has no TLS: lower sslmode or turn ssl on in postgresql.conf)"
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, POOLER_ERRORS):
+        text += f" ({POOLER_HINT})"
     return f"{type(exc).__name__}: {text}"
 
 
