@@ -33,6 +33,7 @@ from tests.waiting import wait_for
 DZONE = str(Path(sys.executable).parent / "dzone")
 TLS_ONLY_HBA = (
     "local all all trust\n"
+    "hostssl all dzone_pw 127.0.0.1/32 scram-sha-256\n"
     "hostssl all all 127.0.0.1/32 trust\n"
     "hostnossl all all 127.0.0.1/32 reject\n"
     "host all all ::1/128 reject\n"
@@ -71,6 +72,7 @@ def tls_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgres]:
             conn = await asyncpg.connect(server.url, timeout=10)
             try:
                 await conn.execute("ALTER SYSTEM SET ssl = on")
+                await conn.execute("CREATE ROLE dzone_pw LOGIN PASSWORD 'right'")
                 await conn.execute("SELECT pg_reload_conf()")
             finally:
                 await conn.close()
@@ -156,3 +158,10 @@ async def test_verify_full_against_a_server_without_tls_fails_in_one_clear_line(
     for command in ("migrate", "status"):
         line = _one_line_error(await asyncio.to_thread(_dzone, command, DATABASE_URL=url))
         assert "the server has no TLS" in line, line
+
+
+def test_migrate_with_a_wrong_password_says_so_in_one_line(tls_pg: TlsPostgres) -> None:
+    url = tls_pg.url().replace("//dzone@", "//dzone_pw:wrong@")
+    line = _one_line_error(_dzone("migrate", DATABASE_URL=url))
+    assert 'password authentication failed for user "dzone_pw"' in line, line
+    assert "wrong" not in line  # the password is never printed
