@@ -7,10 +7,11 @@ import signal
 import threading
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from dzone.localdb import LocalDBError, LocalPostgres
+from shared.db import CONNECT_ERRORS, describe_connect_error, redacted
 from shared.db import migrate as run_migrations
-from shared.db import redacted
 from shared.settings import ConfigError, DatabaseSettings, load
 
 
@@ -18,18 +19,30 @@ from shared.settings import ConfigError, DatabaseSettings, load
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def migrate(sql: bool, revision: str) -> None:
-    """Upgrade the database at DATABASE_URL to the latest schema (twice is a no-op)."""
+    """Upgrade the database at DATABASE_URL (DATABASE_DIRECT_URL when set) to the latest schema."""
     try:
-        url = load(DatabaseSettings).database_url
+        settings = load(DatabaseSettings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    url = settings.session_url
     if url is None:
         if not sql:
             raise click.ClickException("DATABASE_URL is not set (try: dzone localdb, then export its URL)")
         url = "postgresql://offline/dzone"  # --sql renders without connecting
-    run_migrations(url, revision, sql=sql)
+    try:
+        run_migrations(url, revision, sql=sql, pooler=settings.session_pooler)
+    except (SQLAlchemyError, *CONNECT_ERRORS) as exc:
+        raise click.ClickException(f"migrating {redacted(url)} failed: {_database_error(exc)}") from None
     if not sql:
         click.echo(f"database at {redacted(url)} is at revision {revision}", err=True)
+
+
+def _database_error(exc: BaseException) -> str:
+    """The driver's own error under SQLAlchemy's wrapping, in one line."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the adapted driver error
+    if isinstance(orig, BaseException):
+        exc = orig.__cause__ if isinstance(orig.__cause__, CONNECT_ERRORS) else orig
+    return describe_connect_error(exc)
 
 
 @click.command()

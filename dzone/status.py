@@ -2,13 +2,17 @@
 
 Per server: members by status, how many the visibility rules hide, and the last change (view
 ``server_presence_summary``); the serve
-processes listening on the change feed (``pg_stat_activity``); how full the NOTIFY queue is
-(``pg_notification_queue_usage()``). Everything comes from SQL an operator can also run in psql.
+processes listening on the change feed (``pg_stat_activity``), each asked on the probe channel whether it
+hears the feed (shared/probe.py: a deaf one does not answer); the sessions of every dzone process by
+application_name; how full the NOTIFY queue is (``pg_notification_queue_usage()``). Everything but the
+feed check comes from SQL an operator can also run in psql.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +20,8 @@ from datetime import datetime
 import asyncpg
 import click
 
-from shared.db import redacted
+from shared import probe
+from shared.db import APP_STATUS, CONNECT_ERRORS, Pooler, connect, describe_connect_error, redacted
 from shared.errors import DzoneError
 from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
 from shared.settings import ConfigError, DatabaseSettings, load
@@ -28,8 +33,6 @@ FROM server_presence_summary
 ORDER BY is_default DESC, name, server_id
 """
 
-# The application_name a serve gives its LISTEN connection, so that operators can tell it apart.
-
 # PostgreSQL does not show who LISTENs. A feed listener is a session that names itself so, or whose
 # last statement was the LISTEN (asyncpg sends it once, then the session sits idle waiting).
 LISTENERS_SQL = f"""
@@ -39,6 +42,15 @@ WHERE datname = current_database()
   AND pid <> pg_backend_pid()
   AND (application_name = '{LISTENER_APPLICATION_NAME}' OR query ILIKE 'LISTEN%{CHANNEL}%')
 ORDER BY backend_start
+"""
+
+# Every session of a dzone process, by the application_name each kind of connection carries (shared/db.py).
+SESSIONS_SQL = """
+SELECT application_name, coalesce(state, '-') AS state, count(*) AS sessions
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name LIKE 'dzone%'
+GROUP BY 1, 2
+ORDER BY 1, 2
 """
 
 QUEUE_USAGE_SQL = "SELECT pg_notification_queue_usage() AS usage"
@@ -101,6 +113,15 @@ class IngestShardRow:
 
 
 @dataclass(frozen=True)
+class SessionCount:
+    """How many sessions of one dzone application_name are in one state."""
+
+    application_name: str
+    state: str
+    sessions: int
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything ``dzone status`` shows."""
 
@@ -108,14 +129,23 @@ class Status:
     listeners: list[ListenerRow]
     queue_usage: float
     ingest_shards: list[IngestShardRow] = field(default_factory=list)
+    sessions: list[SessionCount] = field(default_factory=list)
+    # The feed check: the serves that answered (None: not checked), and how long status waited.
+    answers: list[probe.Answer] | None = None
+    feed_wait_s: float = 0.0
 
 
-async def read_status(url: str, *, op_timeout_s: float = 10.0) -> Status:
-    """Run the three queries on one connection."""
+async def read_status(
+    url: str, *, op_timeout_s: float = 10.0, feed_wait_s: float = 2.0, pooler: Pooler = "none"
+) -> Status:
+    """Run the queries on one connection, then ask the listeners whether they hear the feed.
+
+    Behind a transaction pooler the ask is skipped: this session's own LISTEN would hear nothing.
+    """
     try:
-        conn = await asyncpg.connect(url, timeout=op_timeout_s)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise StatusError(f"cannot connect to {redacted(url)}: {exc}") from None
+        conn = await connect(url, timeout=op_timeout_s, application_name=APP_STATUS, pooler=pooler)
+    except CONNECT_ERRORS as exc:
+        raise StatusError(f"cannot connect to {redacted(url)}: {describe_connect_error(exc)}") from None
     try:
         servers = [ServerRow(**dict(row)) for row in await conn.fetch(SERVERS_SQL, timeout=op_timeout_s)]
         listener_rows = await conn.fetch(LISTENERS_SQL, timeout=op_timeout_s)
@@ -123,11 +153,58 @@ async def read_status(url: str, *, op_timeout_s: float = 10.0) -> Status:
         usage = float(await conn.fetchval(QUEUE_USAGE_SQL, timeout=op_timeout_s))
         shard_rows = await conn.fetch(INGEST_SHARDS_SQL, timeout=op_timeout_s)
         ingest_shards = [IngestShardRow(**dict(row)) for row in shard_rows]
+        sessions = [SessionCount(**dict(row)) for row in await conn.fetch(SESSIONS_SQL, timeout=op_timeout_s)]
+        answers = None
+        if pooler != "transaction" and listeners and feed_wait_s > 0:
+            answers = await ask_listeners(conn, len(listeners), feed_wait_s, op_timeout_s)
     except asyncpg.UndefinedTableError:
         raise StatusError("the database has no dzone schema yet: run `dzone migrate`") from None
+    except CONNECT_ERRORS as exc:
+        raise StatusError(f"reading {redacted(url)} failed: {describe_connect_error(exc)}") from None
     finally:
         await conn.close()
-    return Status(servers=servers, listeners=listeners, queue_usage=usage, ingest_shards=ingest_shards)
+    return Status(servers, listeners, usage, ingest_shards, sessions, answers, feed_wait_s)
+
+
+async def ask_listeners(
+    conn: asyncpg.Connection, expected: int, wait_s: float, op_timeout_s: float
+) -> list[probe.Answer]:
+    """NOTIFY an ask on the probe channel; the answers that came back within ``wait_s`` (fewer than
+    ``expected`` only after the wait: every serve that hears the feed answers at once)."""
+    nonce = uuid.uuid4().hex
+    answers: list[probe.Answer] = []
+    all_in = asyncio.Event()
+
+    def on_answer(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = probe.decode(payload)
+        except probe.ProbeDecodeError:
+            return  # not ours to judge: the serve logs what it cannot read
+        if isinstance(message, probe.Answer) and message.nonce == nonce:
+            answers.append(message)
+            if len(answers) >= expected:
+                all_in.set()
+
+    await conn.add_listener(probe.ANSWER_CHANNEL, on_answer)
+    try:
+        await conn.execute(
+            probe.NOTIFY, probe.PROBE_CHANNEL, probe.encode(probe.Ask(nonce)), timeout=op_timeout_s
+        )
+        with contextlib.suppress(TimeoutError):  # the silent ones are the deaf ones
+            await asyncio.wait_for(all_in.wait(), wait_s)
+    finally:
+        await conn.remove_listener(probe.ANSWER_CHANNEL, on_answer)
+    return answers
+
+
+def _feed_cell(status: Status, answer: probe.Answer | None) -> str:
+    """live (with the serve's last probe round trip), deaf, or not checked."""
+    if status.answers is None:
+        return "not checked"
+    if answer is None:
+        return f"DEAF (no answer in {status.feed_wait_s:g}s)"
+    trip = "" if answer.round_trip_ms is None else f", probe {answer.round_trip_ms:.0f} ms"
+    return f"live ({answer.instance}{trip})"
 
 
 def _when(value: datetime | None) -> str:
@@ -209,6 +286,7 @@ def render(status: Status) -> str:
     else:
         sections.append("Servers (0)\n(no servers yet: is the ingest running?)")
     if status.listeners:
+        answered = {a.listener_pid: a for a in status.answers or []}
         rows = [
             [
                 str(li.pid),
@@ -216,15 +294,24 @@ def render(status: Status) -> str:
                 li.client_addr or "local",
                 _when(li.backend_start),
                 li.state or "-",
+                _feed_cell(status, answered.get(li.pid)),
             ]
             for li in status.listeners
         ]
         sections.append(
             f"Feed listeners ({len(status.listeners)})\n"
-            + table(["pid", "application", "client", "connected since", "state"], rows)
+            + table(["pid", "application", "client", "connected since", "state", "feed"], rows)
         )
+        seen = {li.pid for li in status.listeners}
+        for other in (a for a in status.answers or [] if a.listener_pid not in seen):
+            sections[-1] += f"\n(also answered: serve {other.instance}, listening through another path)"
+        if status.answers is None:
+            sections[-1] += "\n(feed not checked: behind a transaction pooler, set DATABASE_DIRECT_URL)"
     else:
         sections.append("Feed listeners (0)\n(no serve process is listening on the change feed)")
+    if status.sessions:
+        rows = [[c.application_name, c.state, str(c.sessions)] for c in status.sessions]
+        sections.append("Sessions of dzone processes\n" + table(["application", "state", "sessions"], rows))
     if status.ingest_shards:
         rows = [
             [
@@ -252,16 +339,27 @@ def render(status: Status) -> str:
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds for connect and each query."
 )
-def status(timeout: float) -> None:
-    """Summarise the database at DATABASE_URL: servers and members by status, feed listeners, NOTIFY queue."""
+@click.option(
+    "--feed-wait",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the feed listeners' answers (0: do not ask).",
+)
+def status(timeout: float, feed_wait: float) -> None:
+    """Summarise the database at DATABASE_URL (DATABASE_DIRECT_URL when set): servers and members by
+    status, feed listeners and whether each hears the feed, dzone sessions, NOTIFY queue."""
     try:
-        url = load(DatabaseSettings).database_url
+        settings = load(DatabaseSettings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    url = settings.session_url
     if url is None:
         raise click.ClickException("DATABASE_URL is not set (dzone demo prints the URL of its database)")
     try:
-        result = asyncio.run(read_status(url, op_timeout_s=timeout))
+        result = asyncio.run(
+            read_status(url, op_timeout_s=timeout, feed_wait_s=feed_wait, pooler=settings.session_pooler)
+        )
     except StatusError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(render(result))

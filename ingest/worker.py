@@ -37,6 +37,7 @@ def writer_config(settings: IngestSettings) -> WriterConfig:
         resync_after_outage_s=settings.resync_after_outage_s,
         message_queue_max=settings.message_queue_max,
         stats_interval_s=settings.stats_interval_s,
+        pooler=settings.database_pooler,
     )
 
 

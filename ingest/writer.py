@@ -37,7 +37,7 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, RoleRow
 from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
 from ingest.store import ROW_ERRORS
-from shared.db import redacted
+from shared.db import APP_INGEST, APP_INGEST_SYNC, POOLER_ERRORS, POOLER_HINT, Pooler, connect, redacted
 from shared.settings import IngestSettings, default_of
 
 log = structlog.get_logger(__name__)
@@ -123,6 +123,7 @@ class WriterConfig:
     failure_log_interval_s: float = 10.0  # while the database keeps failing, one log line this often
     probe_interval_s: float = 5.0  # when idle, check the database this often (readiness stays true)
     heartbeat_interval_s: float = 5.0  # ingest_heartbeat refresh (0 = never)
+    pooler: Pooler = "none"  # "transaction": asyncpg's statement cache off (shared/db.py)
 
 
 @dataclass
@@ -482,11 +483,13 @@ class Writer:
         self._conn = await self._open()
         return self._conn
 
-    async def _open(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
+    async def _open(self, application_name: str = APP_INGEST) -> asyncpg.Connection:
+        return await connect(
             self._url,
             timeout=self.config.connect_timeout_s,
             command_timeout=self.config.command_timeout_s,
+            application_name=application_name,
+            pooler=self.config.pooler,
         )
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
@@ -578,7 +581,7 @@ class Writer:
         results: list[BaseException | None] = []
         try:
             for _ in range(extra):
-                lanes.append(await self._open())
+                lanes.append(await self._open(APP_INGEST_SYNC))
             results = await asyncio.gather(
                 *(self._sync_lane(lane, syncs, taken) for lane in lanes), return_exceptions=True
             )
@@ -683,4 +686,6 @@ def _describe(exc: BaseException) -> str:
     """``Type: message`` of an error, with PostgreSQL's SQLSTATE when the server sent one."""
     sqlstate = getattr(exc, "sqlstate", None)
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, POOLER_ERRORS):
+        text += f" ({POOLER_HINT})"
     return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text

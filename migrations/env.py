@@ -13,20 +13,25 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.db import sqlalchemy_url
+from shared.db import Pooler, alembic_connect_args, sqlalchemy_url
 from shared.settings import DatabaseSettings, load
 
 config = context.config
 
 
-def _url() -> str:
-    configured = config.get_main_option("sqlalchemy.url")
-    if configured:
-        return configured
-    url = load(DatabaseSettings).database_url
-    if url is None:
+def _target() -> tuple[str, Pooler]:
+    """The libpq URL and pooler mode: as ``dzone migrate`` set them, else from the environment."""
+    url = config.attributes.get("dzone_url")
+    if url:
+        return str(url), config.attributes.get("dzone_pooler", "none")
+    settings = load(DatabaseSettings)
+    if settings.session_url is None:
         raise SystemExit("DATABASE_URL is not set: point it at the database to migrate")
-    return sqlalchemy_url(url)
+    return settings.session_url, settings.session_pooler
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or sqlalchemy_url(_target()[0])
 
 
 def run_migrations_offline() -> None:
@@ -42,7 +47,11 @@ def _run(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    url, pooler = _target()
+    # The whole libpq URL goes to asyncpg (TLS parameters included); SQLAlchemy's own URL stays bare.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", poolclass=pool.NullPool, connect_args=alembic_connect_args(url, pooler)
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

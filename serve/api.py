@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
 from serve.tls import CertificateError, CertificateFiles, ReloadingContext
-from shared import db
+from shared import db, probe
 from shared.errors import DzoneError
 from shared.settings import ServeSettings, load
 
@@ -217,12 +218,23 @@ class WebSocketServer:
         if self.needs_database:
             if not s.database_url:
                 raise ServeError("DATABASE_URL is not set (and not every data callback is registered)")
+            if s.database_pooler == "transaction" and not s.database_direct_url:
+                raise ServeError(
+                    "DZONE_DATABASE_POOLER=transaction needs DATABASE_DIRECT_URL: LISTEN through a"
+                    " transaction pooler hears nothing (docs/postgres.md)"
+                )
             try:
                 pool = await db.create_pool(
-                    s.database_url, min_size=1, max_size=s.pool_max_size, application_name="dzone-serve"
+                    s.database_url,
+                    min_size=1,
+                    max_size=s.pool_max_size,
+                    application_name=db.APP_SERVE,
+                    pooler=s.database_pooler,
                 )
-            except (OSError, TimeoutError) as exc:
-                raise ServeError(f"database unreachable at {db.redacted(s.database_url)}: {exc}") from exc
+            except db.CONNECT_ERRORS as exc:
+                raise ServeError(
+                    f"database unreachable at {db.redacted(s.database_url)}: {db.describe_connect_error(exc)}"
+                ) from None
         identity = DiscordIdentity(
             s.discord_api_base,
             s.oauth_timeout_s,
@@ -234,14 +246,17 @@ class WebSocketServer:
         hub = self._hub = Hub(s, self.metrics, self._callbacks, identity, pool)
         hub.sessions.on_close = self._socket_closed
         if s.database_url and (hub.servers_from_db or hub.users_from_db):
+            assert pool is not None and s.session_url is not None  # the feed needs the database
             self._listener = FeedListener(
-                s.database_url,
+                s.session_url,
                 hub.on_feed_event,
                 hub.resync_everything,
+                functools.partial(pool.execute, probe.NOTIFY),
                 self.metrics,
                 probe_interval_s=s.listener_probe_interval_s,
                 probe_timeout_s=s.listener_probe_timeout_s,
                 backoff_max_s=s.listener_backoff_max_s,
+                pooler=s.session_pooler,
             )
             self._listener_task = asyncio.create_task(self._listener.run())
             # The first server list comes from the listener's first sync (LISTEN first, then read).
@@ -373,7 +388,7 @@ class WebSocketServer:
         if self._draining or self._closing:
             problems["draining"] = "shutting down: send new viewers to another replica"
         if self._listener is not None and not self._listener.connected:
-            problems["listener"] = self._listener.last_error or "disconnected"
+            problems["feed"] = self._listener.last_error or "disconnected"
         if self._hub is not None:
             problems.update(self._hub.health.problems)
         return (not problems, problems)

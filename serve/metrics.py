@@ -60,9 +60,20 @@ class ServeMetrics:
             "dzone_serve_listener_reconnects_total", "LISTEN reconnects", registry=r
         )
         self.listener_connected = Gauge(
-            "dzone_serve_listener_connected", "1 while LISTEN is connected", registry=r
+            "dzone_serve_listener_connected",
+            "1 while LISTEN is connected and its feed probe came back",
+            registry=r,
         )
-        self.probe_seconds = Gauge("dzone_serve_listener_probe_seconds", "Last probe round trip", registry=r)
+        self.probe_seconds = Gauge(
+            "dzone_serve_listener_probe_seconds",
+            "Last feed probe round trip: a NOTIFY from the pool back on the LISTEN connection",
+            registry=r,
+        )
+        self.feed_probe_failures = Counter(
+            "dzone_serve_feed_probe_failures_total",
+            "Feed probes not back within DZONE_LISTENER_PROBE_TIMEOUT_S (the LISTEN connection is re-opened)",
+            registry=r,
+        )
         self.slow_viewers_dropped = Counter(
             "dzone_serve_slow_viewers_dropped_total", "Viewers dropped", registry=r
         )

@@ -31,6 +31,3 @@ WHERE server_id = $1
 IS_MEMBER = """
 SELECT EXISTS (SELECT 1 FROM discord_users WHERE server_id = $1 AND user_id = $2)
 """
-
-# Liveness probe of the LISTEN connection.
-PROBE = "SELECT 1"

@@ -26,7 +26,7 @@ TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_.~-]{8,512}")
 # The environment variables that hold secrets: the bot token (the simulator's too), libpq's password, and
 # the URLs that may carry one.
 SECRET_VARIABLES = ("DISCORD_BOT_TOKEN", "DZONE_SIM_BOT_TOKEN", "PGPASSWORD")
-URL_VARIABLES = ("DATABASE_URL",)
+URL_VARIABLES = ("DATABASE_URL", "DATABASE_DIRECT_URL")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -72,8 +72,25 @@ class DatabaseSettings(_Base):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
     log_traceback_locals: bool = False  # debugging: each frame's local variables in tracebacks (redacted)
+    # Behind a pooler (docs/postgres.md): PostgreSQL itself, for the sessions a pooler cannot share (the
+    # serve's LISTEN, `dzone migrate`, `dzone status`), and the pooler's mode ("transaction": asyncpg's
+    # statement cache off on every connection through it).
+    database_direct_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_DIRECT_URL"), description="libpq URL"
+    )
+    database_pooler: Literal["none", "transaction"] = "none"
 
-    _url = field_validator("database_url")(_check_database_url)
+    _url = field_validator("database_url", "database_direct_url")(_check_database_url)
+
+    @property
+    def session_url(self) -> str | None:
+        """The URL for a session of its own (LISTEN, migrations, status): the direct one when set."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def session_pooler(self) -> Literal["none", "transaction"]:
+        """The pooler mode on :attr:`session_url` (the direct URL has no pooler)."""
+        return "none" if self.database_direct_url else self.database_pooler
 
 
 class DiscordSettings(_Base):
@@ -155,8 +172,9 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     # registered provider callback may take, and how the LISTEN connection is watched and re-opened.
     slow_viewer_grace_s: float = Field(default=10.0, gt=0)
     provider_timeout_s: float = Field(default=10.0, gt=0)
+    # The feed probe (serve/feedprobe.py): a NOTIFY every interval that must be back within the timeout.
     listener_probe_interval_s: float = Field(default=5.0, gt=0)
-    listener_probe_timeout_s: float = Field(default=3.0, gt=0)
+    listener_probe_timeout_s: float = Field(default=5.0, gt=0)
     listener_backoff_max_s: float = Field(default=5.0, gt=0)
     pool_max_size: int = Field(default=5, ge=1)
     # Native TLS (serve/tls.py): HTTP and WebSocket on the same port; the pair is re-read when the files
@@ -207,8 +225,8 @@ def _variable_name(cls: type[BaseSettings], field: str) -> str:
 def load(cls: type[S], **overrides: Any) -> S:  # Any: keywords pydantic validates
     """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable.
 
-    Its secrets (every ``SecretStr``, the password in ``DATABASE_URL``, ``PGPASSWORD``) are registered
-    with :mod:`shared.redaction` before anything can log them.
+    Its secrets (every ``SecretStr``, the passwords in ``DATABASE_URL`` and ``DATABASE_DIRECT_URL``,
+    ``PGPASSWORD``) are registered with :mod:`shared.redaction` before anything can log them.
     """
     redaction.add_environment()
     try:
@@ -225,5 +243,6 @@ def load(cls: type[S], **overrides: Any) -> S:  # Any: keywords pydantic validat
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             redaction.add(value.get_secret_value())
-    redaction.add_url_password(getattr(settings, "database_url", None))
+    for url_field in ("database_url", "database_direct_url"):
+        redaction.add_url_password(getattr(settings, url_field, None))
     return settings

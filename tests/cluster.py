@@ -32,6 +32,7 @@ from shared.settings import IngestSettings
 from simulator import SimConfig, Simulator
 from simulator.testing import SIM_TOKEN
 from tests.ingest_helpers import db_view, differences, truth_rows
+from tests.pgbouncer import PgBouncer
 from tests.test_ingest_gateway import settings_for
 from tests.test_serve_support import Viewer, db_world, settings
 
@@ -148,6 +149,7 @@ class LiveViewer:
     server_id: str
     hide_offline: bool
     viewer: Viewer | None = None
+    presences: int = 0  # presence frames received (the relayed changes)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
 
@@ -165,6 +167,7 @@ class LiveViewer:
             while True:
                 frame = await self.viewer.recv(timeout=3600)
                 assert frame.get("type") in ("presence", "message", "server-join"), frame
+                self.presences += frame["type"] == "presence"
         except ConnectionClosed:
             self.closed.set()
 
@@ -194,9 +197,24 @@ class LiveViewer:
 class Cluster:
     """Everything of one fault case; use :func:`cluster` to start and stop it."""
 
-    def __init__(self, sim: Simulator, database_url: str, tmp_path: Path, *, seed: int) -> None:
+    def __init__(
+        self,
+        sim: Simulator,
+        database_url: str,
+        tmp_path: Path,
+        *,
+        seed: int,
+        pooler: PgBouncer | None = None,
+    ) -> None:
         self.sim = sim
         self.database_url = database_url
+        # Behind a pooler the ingest and the serve reach the database through it, with the documented
+        # settings (docs/postgres.md); the harness itself always reads the database directly.
+        self.pooler = pooler
+        self.app_url = pooler.url if pooler is not None else database_url
+        self.app_settings: dict[str, Any] = (
+            {"database_direct_url": database_url, "database_pooler": "transaction"} if pooler else {}
+        )
         self.database = database_url.rsplit("/", 1)[1]
         self.tmp_path = tmp_path
         self.rng = random.Random(seed)
@@ -243,24 +261,28 @@ class Cluster:
     # -- the parts --------------------------------------------------------------------------------
 
     def in_process_ingest(self, **overrides: Any) -> InProcessIngest:
-        return InProcessIngest(settings_for(self.sim, self.database_url, **overrides))
+        return InProcessIngest(settings_for(self.sim, self.app_url, **self.app_settings, **overrides))
 
     def ingest_process(self, name: str, **env: str) -> IngestProcess:
         base = {k: v for k, v in os.environ.items() if k not in ("DISCORD_BOT_TOKEN", "DATABASE_URL")}
         base.update(
             DISCORD_BOT_TOKEN=SIM_TOKEN,
-            DATABASE_URL=self.database_url,
+            DATABASE_URL=self.app_url,
             DZONE_DISCORD_API_BASE=self.sim.api_base,
             DZONE_DISCORD_GATEWAY_URL=self.sim.gateway_url,
             DZONE_GUILD_READY_TIMEOUT_S="0.1",
             DZONE_STATS_INTERVAL_S="0",
             DZONE_INGEST_HTTP_PORT="0",  # no health port: shards and other test runs would share it
         )
+        if self.pooler is not None:
+            base.update(DATABASE_DIRECT_URL=self.database_url, DZONE_DATABASE_POOLER="transaction")
         base.update(env)
         return IngestProcess(base, self.tmp_path / f"{name}.log")
 
     async def start_serve(self) -> WebSocketServer:
-        serve = WebSocketServer(port=0, host="127.0.0.1", settings=settings(self.database_url))
+        serve = WebSocketServer(
+            port=0, host="127.0.0.1", settings=settings(self.app_url, **self.app_settings)
+        )
         await serve.open()
         self.serves.append(serve)
         return serve
@@ -273,7 +295,7 @@ class Cluster:
         for viewer in cut:
             await asyncio.wait_for(viewer.closed.wait(), 10)
             await viewer.close()
-        new = WebSocketServer(port=0, host="127.0.0.1", settings=settings(self.database_url))
+        new = WebSocketServer(port=0, host="127.0.0.1", settings=settings(self.app_url, **self.app_settings))
         await new.open()
         self.serves[index] = new
         for viewer in cut:
@@ -417,6 +439,7 @@ async def cluster(
     ingests: Callable[[Cluster], list[Ingest]] | None = None,
     serves: int = 1,
     guild_sizes: list[int] | None = None,
+    pooler: PgBouncer | None = None,
 ) -> AsyncIterator[Cluster]:
     """Simulator + ingest(s) + serve(s) + viewers, past the first sync, churning; everything stopped on exit.
 
@@ -432,7 +455,7 @@ async def cluster(
         recommended_shards=2,
     )
     async with Simulator(config) as sim:
-        c = Cluster(sim, database_url, tmp_path, seed=seed)
+        c = Cluster(sim, database_url, tmp_path, seed=seed, pooler=pooler)
         try:
             c.ingests = ingests(c) if ingests is not None else [c.in_process_ingest(shard_count=1)]
             for ingest in c.ingests:

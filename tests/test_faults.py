@@ -9,6 +9,7 @@ the database, within 5 s (10 s when an ingest restarted). Harness: tests/cluster
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -29,6 +30,7 @@ from tests.cluster import (
     cluster,
 )
 from tests.pg import PgServer
+from tests.pgbouncer import pgbouncer
 
 Script = Callable[[Cluster, PgServer], Awaitable[None]]
 
@@ -41,6 +43,7 @@ class Fault:
     ingests: Callable[[Cluster], list[Ingest]] | None = None  # default: one in-process worker
     serves: int = 1
     needs_local_pg: bool = False  # restarts or reconfigures the PostgreSQL server itself
+    pooled: bool = False  # the ingest and the serve go through a PgBouncer in transaction mode
     known_bug: str | None = None  # an ingest bug this case finds that is not fixed yet (strict xfail)
 
 
@@ -82,13 +85,41 @@ async def listener_killed(c: Cluster, pg: PgServer) -> None:
 
 
 async def listener_frozen(c: Cluster, pg: PgServer) -> None:
-    # A child of the PostgreSQL server the session started: stopped, so the serve's probe times out.
+    # A child of the PostgreSQL server the session started: stopped, so the feed probe does not come back.
+    serve = c.serves[0]
+    bound = serve.settings.listener_probe_interval_s + serve.settings.listener_probe_timeout_s
     pid = await c.listener_pid()
+    seen: list[str] = []
+
+    async def watch_readyz() -> None:  # the 503 lasts until the re-opened connection is proven
+        while not seen:
+            ready, problems = serve.readiness()
+            if not ready and "feed" in problems:
+                seen.append(problems["feed"])
+            await asyncio.sleep(0.01)  # sampling /readyz's answer, not synchronisation
+
     os.kill(pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    watcher = asyncio.create_task(watch_readyz())
     try:
-        await c.churn(events=600)
+        await churn_until(c, lambda: bool(seen), "/readyz naming the feed", timeout=bound + 20)
+        detected = time.monotonic() - frozen
+        print(
+            f"\nlistener-frozen: /readyz 503 ({seen[0]!r}) {detected:.2f}s after the freeze, bound {bound:g}s"
+        )
+        assert "probe not received" in seen[0]
+        assert detected <= bound + 5, f"a frozen listener was seen after {detected:.1f}s, bound {bound}s"
+        await c.churn(events=300)
     finally:
+        watcher.cancel()
         os.kill(pid, signal.SIGCONT)
+
+
+async def pooler_restart(c: Cluster, pg: PgServer) -> None:
+    # Every client and server connection through PgBouncer is dropped mid-storm, then it comes back.
+    assert c.pooler is not None
+    await asyncio.to_thread(c.pooler.restart)
+    await c.churn()
 
 
 def one_ingest_process(c: Cluster) -> list[Ingest]:
@@ -206,6 +237,7 @@ FAULTS = [
     Fault("connections-cut", connections_cut),
     Fault("listener-killed", listener_killed),
     Fault("listener-frozen", listener_frozen),
+    Fault("pooler-restart", pooler_restart, pooled=True),
     Fault("ingest-sigkill", ingest_sigkill, CONVERGE_BUDGET_AFTER_RESTART_S, one_ingest_process),
     Fault("black-hole", black_hole),
     Fault("heartbeat-interval", heartbeat_interval_change),
@@ -242,7 +274,13 @@ async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: 
     if fault.needs_local_pg and pg.local is None:
         pytest.skip("needs the embedded PostgreSQL (unset DATABASE_URL)")
     seed = 100 + FAULTS.index(fault)
-    async with cluster(database_url, tmp_path, seed=seed, ingests=fault.ingests, serves=fault.serves) as c:
+    async with contextlib.AsyncExitStack() as stack:
+        bouncer = stack.enter_context(pgbouncer(database_url)) if fault.pooled else None
+        c = await stack.enter_async_context(
+            cluster(
+                database_url, tmp_path, seed=seed, ingests=fault.ingests, serves=fault.serves, pooler=bouncer
+            )
+        )
         await fault.script(c, pg)
         await c.churn()
         # a known bug is shown to be there as soon as it is sure: past the budget and some margin

@@ -37,6 +37,17 @@ def test_a_url_password_is_known_decoded_and_encoded() -> None:
     assert secrets.redact("x postgresql://[not-a-url y") == f"x {REPLACEMENT} y"
 
 
+def test_the_direct_url_password_is_a_secret_too() -> None:
+    secrets = Secrets()
+    secrets.add_environment(
+        {
+            "DATABASE_URL": "postgresql://u:pooled-pass@pooler:6432/d",
+            "DATABASE_DIRECT_URL": "postgresql://u:direct-pass@db:5432/d",
+        }
+    )
+    assert secrets.redact("pooled-pass direct-pass") == f"{REPLACEMENT} {REPLACEMENT}"
+
+
 def test_short_values_and_empty_ones_are_not_secrets() -> None:
     secrets = Secrets()
     for value in (None, "", "abc"):

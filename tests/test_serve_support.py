@@ -17,7 +17,7 @@ from shared.settings import ServeSettings
 
 FAST = {
     "listener_probe_interval_s": 0.3,
-    "listener_probe_timeout_s": 1.0,
+    "listener_probe_timeout_s": 2.0,
     "listener_backoff_max_s": 0.3,
     "connects_per_minute": 10_000,
     "oauth_calls_per_ip_per_s": 1_000.0,  # tests of the caps set their own

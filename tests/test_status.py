@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import asyncpg
 import pytest
@@ -11,6 +13,9 @@ from click.testing import CliRunner
 from dzone.cli import main
 from dzone.status import StatusError, read_status, render, table
 from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
+from tests.pg import PgServer
+from tests.test_serve_support import running
+from tests.waiting import wait_for
 
 SEED = """
 INSERT INTO discord_servers (server_id, name, alias, is_default) VALUES
@@ -143,3 +148,23 @@ async def test_status_shows_ingest_shards_and_marks_silent_ones_stale(
     assert "Ingest shards (2)" in output
     assert _line_of(output, "host-a:1")[:6] == ["0", "2", "host-a:1", "ready", "42", "3"]
     assert _line_of(output, "host-b:2")[3:5] == ["stale", "(ready)"]
+
+
+async def test_status_tells_a_live_listener_from_a_deaf_one(pg: PgServer, database_url: str) -> None:
+    if pg.local is None:
+        pytest.skip("freezes a backend of the embedded PostgreSQL (unset DATABASE_URL)")
+    # a long probe timeout: the serve must not re-open its frozen listener while status looks
+    async with running(database_url, listener_probe_timeout_s=60.0) as serve:
+        await wait_for(lambda: serve.readiness()[0], 15, message="the serve's feed proven")
+        status = await read_status(database_url, feed_wait_s=5.0)
+        [listener] = status.listeners
+        assert status.answers is not None and [a.listener_pid for a in status.answers] == [listener.pid]
+        assert "live (" in render(status)
+        os.kill(listener.pid, signal.SIGSTOP)  # the serve's LISTEN backend: connected, hears nothing
+        try:
+            status = await read_status(database_url, feed_wait_s=1.0)
+            assert [li.pid for li in status.listeners] == [listener.pid]
+            assert status.answers == []
+            assert "DEAF (no answer in 1s)" in render(status)
+        finally:
+            os.kill(listener.pid, signal.SIGCONT)
