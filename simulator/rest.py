@@ -65,9 +65,11 @@ def rest_fault_response(fault: RestFault) -> web.Response:
 class RestApi:
     """Handlers for ``/api/v10/...``; ``gateway_url`` is filled in once the port is known."""
 
-    def __init__(self, config: SimConfig, world: World, engine: Engine, limits: DiscordLimits) -> None:
+    def __init__(
+        self, config: SimConfig, world: World, engine: Engine, limits: DiscordLimits | None = None
+    ) -> None:
         self.config = config
-        self.limits = limits
+        self.limits = limits or DiscordLimits()  # the gateway hub's, shared (token reset, budget)
         self.world = world
         self.engine = engine
         self.gateway_url = ""

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from ingest.health import readiness
 from simulator.rest import RestFault
+from simulator.testing import SIM_TOKEN
 from tests.cluster import (
     CONVERGE_BUDGET_AFTER_RESTART_S,
     CONVERGE_BUDGET_S,
@@ -340,7 +341,7 @@ FAULTS = [
         sim={"presence_threshold": HUGE_THRESHOLD},
     ),
     Fault("rate-limited-members", rate_limited_members),
-    Fault("identify-budget", identify_budget, CONVERGE_BUDGET_AFTER_RESTART_S),
+    Fault("identify-budget", identify_budget, CONVERGE_BUDGET_AFTER_RESTART_S, sim={"bot_token": SIM_TOKEN}),
 ]
 
 
