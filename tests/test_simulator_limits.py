@@ -5,8 +5,6 @@ themselves as pure functions; the control API and CLI that switch them. docs/sim
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import discord
 import pytest
@@ -217,4 +215,3 @@ def test_cli_options_set_the_limits() -> None:
     (config,) = captured
     assert (config.presence_threshold, config.member_request_window_s) == (200, 5.0)
     assert (config.session_start_total, config.max_concurrency, config.identify_interval_s) == (20, 16, 5.0)
-    assert asyncio.iscoroutinefunction(original)
