@@ -39,7 +39,7 @@ from ingest.limits import (
     identify_wait_s,
 )
 from ingest.mapping import ROLE_NAME_MAX_CHARS, RoleRow, RoleView, clean_text
-from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
+from ingest.members import BOT, STATUS_UNKNOWN, GuildMembers, LeanMember, presence_status, role_view
 from ingest.payloads import (
     GuildCreateEvent,
     MemberEvent,
@@ -339,6 +339,7 @@ class IngestClient(discord.AutoShardedClient):
             self.held_presences.observe(table, user_id, status)
             return
         renamed = len(user) > 1 and table.rename_user(user_id, user)
+        member.flags &= ~STATUS_UNKNOWN  # told now
         if member.status == status and not renamed:
             return
         member.status = status

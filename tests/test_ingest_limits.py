@@ -23,6 +23,8 @@ from ingest.limits import (
     budget_reason,
     identify_wait_s,
 )
+from ingest.members import STATUS_UNKNOWN, GuildMembers
+from ingest.payloads import MemberPayload
 from ingest.worker import IngestWorker, permanent_refusal
 from simulator import SimConfig, Simulator
 from tests.ingest_helpers import free_port
@@ -183,3 +185,23 @@ async def test_dzone_ingest_with_a_bad_token_stays_up_not_ready_and_says_why(
         log = err.decode()
         assert proc.returncode == 0, log[-3000:]
         assert "discord_refused" in log and "an-old-token" not in log
+
+
+def test_a_member_updated_before_its_chunk_takes_the_chunks_status() -> None:
+    # A huge guild's GUILD_CREATE has no one: a nick change before the chunk creates the member with a
+    # guessed status, which the chunk (a later snapshot) replaces; a status a presence told is kept.
+    table = GuildMembers(1)
+    table.upsert({"user": {"id": "10", "username": "ann"}, "nick": "Ann | DJ"})
+    table.upsert({"user": {"id": "11", "username": "bob"}})
+    table.members[11].status = "idle"
+    table.members[11].flags &= ~STATUS_UNKNOWN  # as a PRESENCE_UPDATE does
+    chunk: list[MemberPayload] = [
+        {"user": {"id": "10", "username": "ann"}},
+        {"user": {"id": "11", "username": "bob"}},
+    ]
+    table.add_chunk(chunk, {10: "dnd", 11: "online"})
+    assert table.members[10].status == "dnd" and table.members[10].name == "Ann | DJ"
+    assert table.members[11].status == "idle"  # told by a presence: kept
+    table.upsert({"user": {"id": "10", "username": "ann"}})
+    table.add_chunk(chunk, {10: "offline"})
+    assert table.members[10].status == "dnd"  # known now: a chunk does not override it
