@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TypedDict
@@ -30,14 +31,22 @@ import structlog
 
 from ingest.channels import ChannelRow, channel_rows, readable_message, relay_channel_id
 from ingest.chunks import ChunkProgress, members_complete
+from ingest.limits import (
+    IdentifyBudget,
+    IdentifyPacer,
+    MemberRequestLimits,
+    budget_reason,
+    identify_wait_s,
+)
 from ingest.mapping import ROLE_NAME_MAX_CHARS, RoleRow, RoleView, clean_text
-from ingest.members import BOT, GuildMembers, LeanMember, presence_status, role_view
+from ingest.members import BOT, STATUS_UNKNOWN, GuildMembers, LeanMember, presence_status, role_view
 from ingest.payloads import (
     GuildCreateEvent,
     MemberEvent,
     MemberRemoveEvent,
     MembersChunkEvent,
     PresencePayload,
+    RateLimitedEvent,
     RawParser,
     ReadyEvent,
 )
@@ -64,6 +73,7 @@ def ingest_intents(relay_messages: bool) -> discord.Intents:
 # How long to wait for the answer to a repeated member request before asking again (doubling).
 MEMBER_REQUEST_WAIT_S = 5.0
 MEMBER_REQUEST_WAIT_MAX_S = 60.0
+OPCODE_REQUEST_GUILD_MEMBERS = 8
 
 LEAN_PARSERS = (
     "READY",
@@ -101,6 +111,7 @@ class IngestClient(discord.AutoShardedClient):
         shard_count: int | None,
         shard_ids: list[int] | None,
         guild_ready_timeout: float,
+        identify_reserve: int = 0,
     ) -> None:
         if shard_ids is not None and shard_count is None:
             raise ValueError("--shard-ids needs --shard-count")
@@ -127,6 +138,13 @@ class IngestClient(discord.AutoShardedClient):
         self.event_counts: Counter[str] = Counter()  # dispatched events by name, for /metrics
         self.shard_states: dict[int, str] = {}  # shard -> "connected" | "ready" | "disconnected"
         self.chunk_progress = ChunkProgress()
+        self.member_limits = MemberRequestLimits()
+        self.identify_pacer = IdentifyPacer()  # the harness sets its interval to 0 (the simulator's pace)
+        self.identify_reserve = identify_reserve
+        self.identify_waiting: str | None = None  # why no IDENTIFY is sent now (the budget), for /readyz
+        self.refusal: str | None = None  # Discord refused us for good (token, intents): the worker sets it
+        self._member_refused: dict[int, asyncio.Event] = {}  # guilds whose member request got RATE_LIMITED
+        self._discord_requests: dict[int, str | None] = {}  # discord.py's refused requests, by guild: nonce
         self._member_requests: dict[int, asyncio.Task[None]] = {}  # guilds whose members are asked again
         self._members_arrived: dict[int, asyncio.Event] = {}
         self._closing: asyncio.Task[None] | None = None
@@ -221,6 +239,18 @@ class IngestClient(discord.AutoShardedClient):
         }
         for name, parser in ours.items():
             parsers[name] = _guarded(name, parser)
+        # discord.py 2.7 has no parser for it (the dispatch is dropped as an unknown event).
+        parsers["RATE_LIMITED"] = _guarded("RATE_LIMITED", self._parse_rate_limited)
+        # discord.py asks for the startup chunks without presences: on a guild over Discord's presence
+        # threshold (75,000 members) GUILD_CREATE has none either, so every member would be offline.
+        state = self._connection
+        ask = state.chunker
+
+        async def chunker(guild_id: int, *args: object, **kwargs: object) -> None:
+            kwargs["presences"] = self.intents.presences
+            await ask(guild_id, *args, **kwargs)  # type: ignore[arg-type]
+
+        state.chunker = chunker  # type: ignore[method-assign]
 
     def _parse_ready(self, data: ReadyEvent) -> None:
         # discord.py replaces the Guild of every guild READY lists (unavailable until its GUILD_CREATE).
@@ -259,8 +289,35 @@ class IngestClient(discord.AutoShardedClient):
             self._members_arrived.pop(guild_id).set()
             log.info("guild_members_complete", server_id=guild_id, members=len(table or ()))
             self.writer.sync_guild(str(guild_id))
+            if guild_id in self._discord_requests:  # discord.py's refused request: ours answered it
+                self._connection.process_chunk_requests(
+                    guild_id, self._discord_requests.pop(guild_id), [], True
+                )
         # discord.py's ready logic waits on its chunk request: complete it (with no Member objects).
         self._connection.process_chunk_requests(guild_id, data.get("nonce"), [], index + 1 == count)
+
+    def _parse_rate_limited(self, data: RateLimitedEvent) -> None:
+        meta = data.get("meta") or {}
+        if data["opcode"] != OPCODE_REQUEST_GUILD_MEMBERS or "guild_id" not in meta:
+            log.warning("gateway_rate_limited", opcode=data["opcode"], retry_after=data["retry_after"])
+            return
+        guild_id, retry_after = int(meta["guild_id"]), float(data["retry_after"])
+        self.member_limits.refused(guild_id, retry_after, time.monotonic())
+        log.warning(
+            "member_request_rate_limited",
+            server_id=guild_id,
+            retry_after=retry_after,
+            nonce=meta.get("nonce"),
+        )
+        refused = self._member_refused.get(guild_id)
+        if refused is not None:
+            refused.set()  # our request: ask again once retry_after is over, not after the usual wait
+        elif guild_id in self.members:
+            # discord.py's own startup request: it ignores the refusal and would wait its chunk timeout
+            # (5 s per guild, one guild after the other). Ask ourselves when retry_after ends, and end
+            # its request with our answer.
+            self._discord_requests[guild_id] = meta.get("nonce")
+            self._ask_members_again(guild_id)
 
     def _parse_presence_update(self, data: PresencePayload) -> None:
         # Only the status can change our row; activities and client statuses are never looked at.
@@ -282,6 +339,7 @@ class IngestClient(discord.AutoShardedClient):
             self.held_presences.observe(table, user_id, status)
             return
         renamed = len(user) > 1 and table.rename_user(user_id, user)
+        member.flags &= ~STATUS_UNKNOWN  # told now
         if member.status == status and not renamed:
             return
         member.status = status
@@ -325,24 +383,34 @@ class IngestClient(discord.AutoShardedClient):
         """The guild's members will be downloaded anew (new GUILD_CREATE) or are not ours any more."""
         self.chunk_progress.reset(guild_id)
         self._members_arrived.pop(guild_id, None)
+        self._discord_requests.pop(guild_id, None)
         request = self._member_requests.pop(guild_id, None)
         if request is not None:
             request.cancel()
 
     # --- members asked again: a full sync of a partial table would delete members ---------------------
-    def _ask_members_again(self, guild: discord.Guild) -> None:
-        if guild.id in self._member_requests:
+    def _ask_members_again(self, guild_id: int) -> None:
+        if guild_id in self._member_requests:
             return
-        self._members_arrived[guild.id] = asyncio.Event()
-        task = asyncio.create_task(self._request_members(guild.id), name=f"member-request-{guild.id}")
-        self._member_requests[guild.id] = task
-        task.add_done_callback(functools.partial(self._member_request_ended, guild.id))
+        self._members_arrived[guild_id] = asyncio.Event()
+        task = asyncio.create_task(self._request_members(guild_id), name=f"member-request-{guild_id}")
+        self._member_requests[guild_id] = task
+        task.add_done_callback(functools.partial(self._member_request_ended, guild_id))
 
     async def _request_members(self, guild_id: int) -> None:
-        """REQUEST_GUILD_MEMBERS until one answer arrives whole; the chunk parser then syncs the guild."""
+        """REQUEST_GUILD_MEMBERS until one answer arrives whole; the chunk parser then syncs the guild.
+
+        A request Discord refuses (RATE_LIMITED) is sent again when its ``retry_after`` is over; one that
+        goes unanswered, after 5 s, then doubling.
+        """
         arrived = self._members_arrived[guild_id]
         wait_s = MEMBER_REQUEST_WAIT_S
         for attempt in itertools.count(1):
+            limited_s = self.member_limits.wait_s(guild_id, time.monotonic())
+            if limited_s > 0:
+                log.info("member_request_waiting", server_id=guild_id, retry_after=round(limited_s, 3))
+                await asyncio.sleep(limited_s)  # Discord's retry_after: sooner would be refused again
+            refused = self._member_refused[guild_id] = asyncio.Event()
             ws = self._get_websocket(guild_id)
             try:
                 await ws.request_chunks(
@@ -354,23 +422,63 @@ class IngestClient(discord.AutoShardedClient):
                 )
             except (discord.ConnectionClosed, OSError) as exc:  # the shard is reconnecting
                 log.warning("member_request_not_sent", server_id=guild_id, attempt=attempt, error=repr(exc))
+            answer = asyncio.ensure_future(arrived.wait())
+            refusal = asyncio.ensure_future(refused.wait())
             try:
-                await asyncio.wait_for(arrived.wait(), wait_s)
-            except TimeoutError:
+                await asyncio.wait({answer, refusal}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                answer.cancel()
+                refusal.cancel()
+            if arrived.is_set():
+                return
+            if not refused.is_set():
                 log.warning("member_request_unanswered", server_id=guild_id, attempt=attempt, waited_s=wait_s)
                 wait_s = min(wait_s * 2, MEMBER_REQUEST_WAIT_MAX_S)
-                continue
-            return
 
     def _member_request_ended(self, guild_id: int, task: asyncio.Task[None]) -> None:
         if self._member_requests.get(guild_id) is task:
             del self._member_requests[guild_id]
+            self._member_refused.pop(guild_id, None)
         if task.cancelled() or task.exception() is None:
             return
         # A bug: without the members this guild would never sync again. End the client loudly (the
         # worker exits non-zero and a supervisor restarts it, which downloads every guild anew).
         log.error("member_request_failed", task=task.get_name(), exc_info=task.exception())
         self._closing = asyncio.create_task(self.close(), name="close-after-member-request-failed")
+
+    # --- IDENTIFY within Discord's budget and max_concurrency ------------------------------------------
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait until this IDENTIFY is within ``session_start_limit`` and its ``max_concurrency`` bucket.
+
+        Replaces discord.py's hook (a flat 5 s before every IDENTIFY but a process's first): the
+        budget is read from ``GET /gateway/bot`` before each IDENTIFY (they are rare), the last
+        ``identify_reserve`` are never spent (Discord resets the token of a bot past its budget), and
+        shards of different buckets identify without waiting for each other.
+        """
+        shard = shard_id or 0
+        while True:
+            try:
+                limits = await self.fetch_session_start_limits()
+            except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
+                # discord.py's own connection fails the same way: pace as Discord asks and let it retry
+                log.warning("identify_budget_unknown", shard=shard, error=repr(exc))
+                budget = IdentifyBudget(1, self.identify_reserve + 1, 0.0, 1)
+            else:
+                budget = IdentifyBudget(
+                    limits.total, limits.remaining, limits.reset_after / 1000, limits.max_concurrency
+                )
+            wait = identify_wait_s(budget, self.identify_reserve)
+            if wait <= 0:
+                break
+            self.identify_waiting = budget_reason(budget, self.identify_reserve, wait)
+            log.error("identify_budget_low", shard=shard, reason=self.identify_waiting)
+            await asyncio.sleep(wait)
+        self.identify_waiting = None
+        pace = self.identify_pacer.wait_s(shard, budget.max_concurrency, time.monotonic())
+        if pace > 0:
+            await asyncio.sleep(pace)
+        self.identify_pacer.identified(shard, budget.max_concurrency, time.monotonic())
+        log.info("identify", shard=shard, session_starts_left=budget.remaining - 1, total=budget.total)
 
     async def close(self) -> None:
         for request in self._member_requests.values():
@@ -395,7 +503,7 @@ class IngestClient(discord.AutoShardedClient):
         log.warning(
             "guild_members_incomplete", server_id=guild.id, cached=cached, expected=guild.member_count
         )
-        self._ask_members_again(guild)
+        self._ask_members_again(guild.id)
 
     def _on_guild_remove(self, guild: discord.Guild) -> None:
         log.info("guild_removed", server_id=guild.id)

@@ -76,6 +76,10 @@ def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Re
     reasons: list[str] = []
     shards: dict[str, ShardHealth] = {}
     expected = expected_shards(client)
+    if client.refusal is not None:
+        reasons.append(f"discord: refused: {client.refusal}; the ingest stays not ready until restarted")
+    if client.identify_waiting is not None:
+        reasons.append(f"gateway: {client.identify_waiting}")
     if expected is None:
         reasons.append("gateway: not connected yet")
     else:
@@ -110,14 +114,24 @@ def readiness(client: IngestClient, writer: Writer, pending_rows_max: int) -> Re
 
 
 def shard_heartbeat(client: IngestClient, instance: str, started_at: datetime) -> Heartbeat | None:
-    """This worker's row per shard for ``ingest_heartbeat`` (None until the shards are known)."""
+    """This worker's row per shard for ``ingest_heartbeat`` (None until the shards are known).
+
+    Refused by Discord, the state is ``refused: <why>`` (on shard 0 when the shards were never known):
+    ``dzone status`` shows it.
+    """
     expected = expected_shards(client)
     if expected is None:
-        return None
+        if client.refusal is None:
+            return None
+        expected = [0]
     shards = []
     for shard_id in expected:
         latency = _shard_latency(client, shard_id)
         state = client.shard_states.get(shard_id, "connecting")
+        if client.refusal is not None:
+            state = f"refused: {client.refusal}"
+        elif client.identify_waiting is not None and state != "ready":
+            state = f"waiting: {client.identify_waiting}"
         shards.append((shard_id, state, None if latency is None else round(latency * 1000, 1)))
     return Heartbeat(instance, client.shard_count, started_at, shards)
 
@@ -158,6 +172,16 @@ class IngestCollector(Collector):
             ("presences_kept", "Presences kept for members not cached yet", held.kept),
             ("presences_applied", "Kept presences put on their member", held.applied),
             ("presences_superseded", "Kept presences replaced by newer state", held.superseded),
+            (
+                "member_requests_rate_limited",
+                "Member requests Discord refused with RATE_LIMITED",
+                client.member_limits.refusals,
+            ),
+            (
+                "member_requests_retry_after_seconds",
+                "Seconds of RATE_LIMITED retry_after waited before asking for members again",
+                client.member_limits.waited_s,
+            ),
         ):
             yield CounterMetricFamily(f"dzone_ingest_{name}", doc, value=value)
         dropped = CounterMetricFamily(
@@ -180,6 +204,16 @@ class IngestCollector(Collector):
             "dzone_ingest_pending_messages", "Chat lines waiting", value=self.writer.pending_messages
         )
         yield GaugeMetricFamily("dzone_ingest_presences_held", "Presences kept right now", value=held.held)
+        yield GaugeMetricFamily(
+            "dzone_ingest_discord_refused",
+            "1 when Discord refused the token or the intents for good (the ingest needs new settings)",
+            value=int(client.refusal is not None),
+        )
+        yield GaugeMetricFamily(
+            "dzone_ingest_identify_waiting",
+            "1 while an IDENTIFY waits for Discord's session_start_limit to reset",
+            value=int(client.identify_waiting is not None),
+        )
         cumulative, buckets = 0, []
         for bound, count in zip((*COMMIT_BUCKETS_S, math.inf), stats.commit_buckets, strict=True):
             cumulative += count

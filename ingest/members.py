@@ -25,12 +25,15 @@ from ingest.payloads import MemberPayload, PresencePayload, RolePayload, UserPay
 
 BOT = 1  # LeanMember.flags: the user is a bot
 NICKED = 2  # the display name is the guild nick (a user rename does not change it)
+# The status is a guess: the member came from GUILD_MEMBER_ADD/UPDATE before any presence or chunk told
+# it (a huge guild's GUILD_CREATE has nobody): the next chunk that carries the member says it.
+STATUS_UNKNOWN = 4
 OFFLINE = "offline"
 RoleIds = tuple[int, ...]
 
 
 class LeanMember:
-    """One member: display name, status, role ids, flags (BOT, NICKED)."""
+    """One member: display name, status, role ids, flags (BOT, NICKED, STATUS_UNKNOWN)."""
 
     __slots__ = ("flags", "name", "roles", "status")
 
@@ -109,23 +112,31 @@ class GuildMembers:
         roles = self.role_ids(data.get("roles"))
         member = self.members.get(user_id)
         if member is None:
+            if status is None:
+                flags |= STATUS_UNKNOWN
             member = self.members[user_id] = LeanMember(name, status or OFFLINE, roles, flags)
             return user_id, member, True
         # The role ids are stored too (visibility rules), so any change of the set rewrites the row.
         changed = member.name != name or member.roles != roles
-        member.name, member.roles, member.flags = name, roles, flags
+        member.name, member.roles = name, roles
+        member.flags = flags | (member.flags & STATUS_UNKNOWN if status is None else 0)
         if status is not None and status != member.status:
             member.status, changed = status, True
         return user_id, member, changed
 
     def add_chunk(self, members: list[MemberPayload], statuses: Mapping[int, str]) -> list[int]:
-        """Members of GUILD_CREATE or a chunk; one already cached is kept (it is newer). Returns the new ids."""
+        """Members of GUILD_CREATE or a chunk; one already cached is kept (it is newer), but for a status
+        it only guessed (STATUS_UNKNOWN). Returns the new ids."""
         added = []
         cached = self.members
         role_ids = self.role_ids
         for data in members:
             user_id = int(data["user"]["id"])
-            if user_id in cached:
+            known = cached.get(user_id)
+            if known is not None:
+                if known.flags & STATUS_UNKNOWN:
+                    known.status = statuses.get(user_id, OFFLINE)
+                    known.flags &= ~STATUS_UNKNOWN
                 continue
             name, flags = display_name(data)
             cached[user_id] = LeanMember(

@@ -92,3 +92,18 @@ class ReadyEvent(TypedDict, total=False):
     """READY (the fields the lean path reads)."""
 
     guilds: list[UnavailableGuildPayload]
+
+
+class RateLimitedMeta(TypedDict, total=False):
+    """What a RATE_LIMITED dispatch was about (for opcode 8: the guild and the request's nonce)."""
+
+    guild_id: str
+    nonce: str | None
+
+
+class RateLimitedEvent(TypedDict, total=False):
+    """RATE_LIMITED: Discord refused a gateway request (``opcode``) for ``retry_after`` seconds."""
+
+    opcode: Required[int]
+    retry_after: Required[float]
+    meta: RateLimitedMeta

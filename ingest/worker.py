@@ -54,6 +54,7 @@ class IngestWorker:
             shard_count=settings.shard_count,
             shard_ids=settings.shard_ids,
             guild_ready_timeout=settings.guild_ready_timeout_s,
+            identify_reserve=settings.identify_reserve,
         )
         instance = f"{socket.gethostname()}:{os.getpid()}"
         started_at = datetime.now(UTC)
@@ -136,6 +137,9 @@ class IngestWorker:
 
         A task that ends on its own is a failure (the client gave up, the writer died): it is logged and
         raised as :class:`IngestError`, so the process exits non-zero and a supervisor restarts it.
+        Except a permanent refusal by Discord (bad token, privileged intents not granted): a restart
+        would be refused the same way, each time spending an IDENTIFY of the day's budget, so the
+        process stays up, not ready, saying why (log, /readyz, ``dzone status``) until it is stopped.
         """
         await self.start()
         stop_wait = asyncio.create_task(stop.wait())
@@ -143,6 +147,17 @@ class IngestWorker:
         try:
             done, _ = await asyncio.wait({*self.tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             ended = next((task for task in self.tasks if task in done), None)
+            refusal = None
+            if ended is not None and ended is self._runner:
+                refusal = permanent_refusal(_task_failure(ended))
+            if refusal is not None:
+                self.client.refusal = refusal
+                log.error(
+                    "discord_refused", reason=refusal, action="fix the setting, then restart the ingest"
+                )
+                writer_tasks = self.writer.tasks
+                done, _ = await asyncio.wait({*writer_tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                ended = next((task for task in writer_tasks if task in done), None)
         finally:
             stop_wait.cancel()
             failure: BaseException | None = None
@@ -169,14 +184,33 @@ def _task_failure(task: asyncio.Task[None]) -> BaseException:
     return RuntimeError(f"task {task.get_name()} returned")
 
 
-def _explain(exc: BaseException, task: asyncio.Task[None] | None = None) -> IngestError:
+# Gateway close codes no retry can cure (4004 bad token, 4010-4014 shard, version and intent errors).
+PERMANENT_CLOSE_CODES = {
+    4004: "Discord refused DISCORD_BOT_TOKEN at IDENTIFY (close 4004): set the bot's current token",
+    4010: "Discord refused the shard (close 4010 invalid shard): check DZONE_SHARD_COUNT and DZONE_SHARD_IDS",
+    4011: "Discord requires sharding (close 4011): set DZONE_SHARD_COUNT (or leave it unset)",
+    4012: "Discord refused the gateway API version (close 4012): upgrade dzone-pg",
+    4013: "Discord refused the intents (close 4013 invalid intents): upgrade dzone-pg",
+    4014: (
+        "the bot lacks privileged intents (close 4014): enable SERVER MEMBERS and PRESENCE (and MESSAGE "
+        "CONTENT when relaying chat, or set DZONE_RELAY_MESSAGES=false) in the developer portal; a bot in "
+        "100 or more servers needs them approved by Discord"
+    ),
+}
+
+
+def permanent_refusal(exc: BaseException) -> str | None:
+    """Why Discord will refuse this ingest whatever the number of retries, or None for other failures."""
     if isinstance(exc, discord.LoginFailure):
-        return IngestError("Discord refused DISCORD_BOT_TOKEN (login failed)")
+        return "Discord refused DISCORD_BOT_TOKEN (401 at login): set the bot's current token"
     if isinstance(exc, discord.PrivilegedIntentsRequired):
-        return IngestError(
-            "the bot lacks privileged intents: enable SERVER MEMBERS and PRESENCE (and MESSAGE CONTENT when "
-            "relaying chat) in the developer portal"
-        )
+        return PERMANENT_CLOSE_CODES[4014]
+    if isinstance(exc, discord.ConnectionClosed):
+        return PERMANENT_CLOSE_CODES.get(exc.code)
+    return None
+
+
+def _explain(exc: BaseException, task: asyncio.Task[None] | None = None) -> IngestError:
     if task is not None and task.get_name() != "discord-client":
         return IngestError(f"the ingest task {task.get_name()} ended: {type(exc).__name__}: {exc}")
     return IngestError(f"the Discord client stopped: {type(exc).__name__}: {exc}")

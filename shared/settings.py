@@ -126,6 +126,8 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     ingest_http_port: int | None = Field(default=None, ge=0, le=65535)
     ingest_http_host: str = "127.0.0.1"
     ready_max_pending_rows: int = Field(default=100_000, ge=1)  # /readyz is 503 with this many pending
+    # IDENTIFYs of Discord's daily session_start_limit never spent: below it the ingest waits for the reset
+    identify_reserve: int = Field(default=10, ge=0)
 
     _shard_ids = field_validator("shard_ids", mode="before")(split_list)
 

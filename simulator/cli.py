@@ -51,6 +51,41 @@ from simulator.discordpy import API_BASE_VARIABLE, GATEWAY_URL_VARIABLE
     type=click.IntRange(1, 64),
     help="Shard count GET /gateway/bot recommends.",
 )
+@click.option(
+    "--presence-threshold",
+    default=75_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Guilds with more members get GUILD_CREATE without presences.",
+)
+@click.option(
+    "--member-request-window",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between all-member requests per guild; sooner gets RATE_LIMITED (0: no limit).",
+)
+@click.option(
+    "--session-start-total",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="IDENTIFYs per day (session_start_limit.total); past it the token is reset.",
+)
+@click.option(
+    "--max-concurrency",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="session_start_limit.max_concurrency (IDENTIFY buckets).",
+)
+@click.option(
+    "--identify-interval",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between IDENTIFYs of one bucket; sooner gets INVALID_SESSION (Discord: 5; 0: any pace).",
+)
 @click.option("--paused", is_flag=True, help="Start with the scenario paused (POST /_sim/resume to start).")
 @click.option("--log-level", default="info", show_default=True)
 def simulate(
@@ -65,6 +100,11 @@ def simulate(
     seed: int,
     bot_token: str | None,
     recommended_shards: int,
+    presence_threshold: int,
+    member_request_window: float,
+    session_start_total: int,
+    max_concurrency: int,
+    identify_interval: float,
     paused: bool,
     log_level: str,
 ) -> None:
@@ -92,6 +132,11 @@ def simulate(
         seed=seed,
         bot_token=bot_token,
         recommended_shards=recommended_shards,
+        presence_threshold=presence_threshold,
+        member_request_window_s=member_request_window,
+        session_start_total=session_start_total,
+        max_concurrency=max_concurrency,
+        identify_interval_s=identify_interval,
         start_paused=paused,
     )
     try:

@@ -40,6 +40,13 @@ class SimConfig:
     outbound_high_water: int = 20_000  # the scenario waits while a connection has this many queued frames
     outbound_limit: int = 500_000  # a connection this far behind is dropped (it may RESUME)
     identify_timeout_s: float = 30.0
+    # Discord's own limits (simulator/limits.py; each can be switched while running: /_sim/limits)
+    presence_threshold: int = 75_000  # a guild with more members gets GUILD_CREATE without presences
+    member_request_window_s: float = 30.0  # one all-member request per guild per window (0: no limit)
+    session_start_total: int = 1000  # IDENTIFYs per session_start_window_s
+    session_start_window_s: float = 86_400.0
+    max_concurrency: int = 1
+    identify_interval_s: float = 0.0  # one IDENTIFY per max_concurrency bucket per interval (0: any pace)
 
     def sizes(self) -> list[int]:
         """The member count of each guild, in creation order."""
@@ -60,5 +67,12 @@ class SimConfig:
             raise ValueError(f"unknown privileged intents: {sorted(unknown)}")
         if self.recommended_shards < 1:
             raise ValueError("recommended_shards must be >= 1")
+        if self.presence_threshold < 1 or self.session_start_total < 1 or self.max_concurrency < 1:
+            raise ValueError("presence_threshold, session_start_total and max_concurrency must be >= 1")
+        if (
+            min(self.member_request_window_s, self.identify_interval_s) < 0
+            or self.session_start_window_s <= 0
+        ):
+            raise ValueError("member_request_window_s and identify_interval_s must be >= 0, the window > 0")
         if self.bot_token is not None and not self.bot_token.strip():
             raise ValueError("bot_token must be non-empty when given")

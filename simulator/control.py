@@ -8,13 +8,13 @@ The routes are documented in docs/simulator.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from simulator.engine import UNSET, Unset
-from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, RoleTruth
+from simulator.payloads import AddedGuild, ChannelTruth, LimitsView, MemberTruth, MessagePayload, RoleTruth
 from simulator.rest import RestFault
 from simulator.steering import Steering
 from simulator.world import InvalidValueError, Overwrite, SimulatorError, UnknownObjectError
@@ -147,6 +147,7 @@ class ControlApi:
             "faults/close": self.fault_close,
             "faults/delay-dispatches": self.fault_delay,
             "faults/duplicate-dispatches": self.fault_duplicate,
+            "limits": self.limits,
         }
         routes = [web.get(f"{p}/state", self.state), web.get(f"{p}/stats", self.stats)]
         routes += [web.post(f"{p}/{name}", self._wrap(action)) for name, action in post.items()]
@@ -368,6 +369,28 @@ class ControlApi:
 
     async def fault_duplicate(self, body: Body) -> dict[str, int]:
         return {"connections": self.sim.duplicate_dispatches(_number(body, "seconds"))}
+
+    async def limits(self, body: Body) -> LimitsView:
+        unknown = set(body) - LIMIT_KEYS
+        if unknown:
+            raise InvalidValueError(f"unknown limits: {sorted(unknown)}; known: {sorted(LIMIT_KEYS)}")
+        token_reset = _optional_bool(body, "token_reset", None)
+        numbers: dict[str, Any] = {k: v for k, v in body.items() if k != "token_reset"}  # checked there
+        return self.sim.set_limits(**numbers, token_reset=token_reset)
+
+
+LIMIT_KEYS = frozenset(
+    {
+        "presence_threshold",
+        "member_request_window_s",
+        "session_start_total",
+        "session_start_remaining",
+        "session_start_reset_after_s",
+        "max_concurrency",
+        "identify_interval_s",
+        "token_reset",
+    }
+)
 
 
 def _integer(body: Body, key: str, default: int | None = None) -> int:

@@ -23,6 +23,12 @@ from aiohttp import WSMsgType, web
 from shared.discord_rules import shard_of
 from shared.errors import DzoneError
 from simulator.config import SimConfig
+from simulator.limits import (
+    DiscordLimits,
+    IdentifyPacing,
+    MemberRequestLimit,
+    SessionStartBudget,
+)
 from simulator.payloads import MembersChunkPayload, Payload
 from simulator.world import (
     Guild,
@@ -54,6 +60,7 @@ WRITE_BATCH = 256  # frames per transport.write
 WRITE_BUFFER_LIMIT = 1 << 20  # bytes buffered in the transport before the writer waits
 INBOUND_BUDGET = 240  # payloads per INBOUND_WINDOW_S (Discord allows 120/60 s; discord.py keeps below it)
 INBOUND_WINDOW_S = 60.0
+MEMBER_REQUEST_LOG = 1000  # all-member requests remembered (accepted or refused), for tests and stats
 
 
 class Op(IntEnum):
@@ -276,12 +283,32 @@ class Session:
         return missed
 
 
+def limits_of(config: SimConfig) -> DiscordLimits:
+    """Discord's limits as configured at start (switchable afterwards on the hub's object)."""
+    return DiscordLimits(
+        presence_threshold=config.presence_threshold,
+        member_requests=MemberRequestLimit(config.member_request_window_s),
+        session_start=SessionStartBudget(
+            total=config.session_start_total,
+            remaining=config.session_start_total,
+            window_s=config.session_start_window_s,
+            max_concurrency=config.max_concurrency,
+        ),
+        identify_pacing=IdentifyPacing(config.identify_interval_s),
+    )
+
+
 class GatewayHub:
     """All sessions and connections; fans a dispatch out to the sessions that should see it."""
 
-    def __init__(self, config: SimConfig, world: World) -> None:
+    def __init__(self, config: SimConfig, world: World, limits: DiscordLimits | None = None) -> None:
         self.config = config
         self.world = world
+        self.limits = limits or limits_of(config)
+        # (monotonic time, guild id, nonce, retry_after or None when accepted) of all-member requests
+        self.member_request_log: deque[tuple[float, int, object, float | None]] = deque(
+            maxlen=MEMBER_REQUEST_LOG
+        )
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
         self.resume_gateway_url = ""  # set by the Simulator once its port is known
@@ -293,6 +320,9 @@ class GatewayHub:
             "dispatch": 0,
             "member_chunks": 0,
             "member_chunks_dropped": 0,
+            "member_requests_rate_limited": 0,
+            "identify_over_budget": 0,
+            "identify_too_fast": 0,
             "connections_total": 0,
         }
         self.connections_by_path: dict[str, int] = {}
@@ -352,6 +382,7 @@ class GatewayHub:
                 bot_user_id=self.world.bot_user.id,
                 large_threshold=session.large_threshold,
                 with_presences=session.has(INTENT_PRESENCES),
+                presence_threshold=self.limits.presence_threshold,
             )
             if joined:
                 del payload["unavailable"]
@@ -587,6 +618,34 @@ class GatewayHub:
         token = token.removeprefix("Bot ").strip()
         if expected is not None and not secrets.compare_digest(token.encode(), expected.encode()):
             raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+        if self.limits.token_reset:
+            raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+
+    def _spend_identify(self, connection: Connection, shard_id: int) -> bool:
+        """Charge one IDENTIFY to the app: False (op 9 sent) when it came too fast for its bucket.
+
+        Past the budget Discord ends every session of the app and resets its token: logins fail until an
+        operator restores it (here ``token_reset`` is cleared through the control API).
+        """
+        now = time.monotonic()
+        limits = self.limits
+        if not limits.identify_pacing.allow(shard_id, limits.session_start.max_concurrency, now):
+            self.counters["identify_too_fast"] += 1
+            log.info("gateway_identify_too_fast", shard=shard_id)
+            connection.enqueue(op_frame(Op.INVALID_SESSION, False))
+            return False
+        if not limits.session_start.spend(now):
+            self.counters["identify_over_budget"] += 1
+            log.warning("gateway_identify_over_budget", total=limits.session_start.total)
+            limits.token_reset = True
+            for session in list(self.sessions.values()):
+                self._forget(session)
+            for other in list(self.connections):
+                if other is not connection:
+                    other.session = None
+                    other.abort()
+            raise ProtocolViolationError(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+        return True
 
     def _identify(self, connection: Connection, data: object) -> None:
         if connection.session is not None:
@@ -594,12 +653,6 @@ class GatewayHub:
         if not isinstance(data, dict):
             raise ProtocolViolationError(Close.DECODE_ERROR, "IDENTIFY needs an object.")
         self._check_token(data.get("token"))
-        intents = data.get("intents")
-        if not isinstance(intents, int) or intents < 0 or intents >= 1 << 26:
-            raise ProtocolViolationError(Close.INVALID_INTENTS, "Invalid intent(s).")
-        for name, bit in PRIVILEGED_INTENT_BITS.items():
-            if intents & bit and name not in self.config.privileged_intents:
-                raise ProtocolViolationError(Close.DISALLOWED_INTENTS, "Disallowed intent(s).")
         shard = data.get("shard", [0, 1])
         if (
             not isinstance(shard, list)
@@ -608,6 +661,15 @@ class GatewayHub:
             or not 0 <= shard[0] < shard[1]
         ):
             raise ProtocolViolationError(Close.INVALID_SHARD, "Invalid shard.")
+        if not self._spend_identify(connection, shard[0]):
+            return
+        # a session refused for its intents was still started: it spent its IDENTIFY, as on Discord
+        intents = data.get("intents")
+        if not isinstance(intents, int) or intents < 0 or intents >= 1 << 26:
+            raise ProtocolViolationError(Close.INVALID_INTENTS, "Invalid intent(s).")
+        for name, bit in PRIVILEGED_INTENT_BITS.items():
+            if intents & bit and name not in self.config.privileged_intents:
+                raise ProtocolViolationError(Close.DISALLOWED_INTENTS, "Disallowed intent(s).")
         large_threshold = data.get("large_threshold", 50)
         if not isinstance(large_threshold, int) or not 50 <= large_threshold <= 250:
             large_threshold = 50
@@ -655,6 +717,7 @@ class GatewayHub:
         }
         session.dispatch(b"READY", orjson.dumps(ready))
         with_presences = session.has(INTENT_PRESENCES)
+        world_limits = self.limits
         for guild in guilds:
             if guild.unavailable:
                 continue  # listed unavailable in READY; its GUILD_CREATE comes when the outage ends
@@ -663,6 +726,7 @@ class GatewayHub:
                 bot_user_id=world.bot_user.id,
                 large_threshold=session.large_threshold,
                 with_presences=with_presences,
+                presence_threshold=world_limits.presence_threshold,
             )
             session.dispatch(b"GUILD_CREATE", orjson.dumps(payload))
 
@@ -720,10 +784,30 @@ class GatewayHub:
             guild = self.world.guilds.get(guild_id)
             if not session.covers(guild_id) or guild is None or guild.unavailable:
                 continue  # Discord answers nothing for a guild not on this shard (or in an outage)
-            if query == "" and limit == 0 and not session.has(INTENT_MEMBERS):
+            every_member = query == "" and limit == 0 and user_ids is None
+            if every_member and not session.has(INTENT_MEMBERS):
                 log.warning("chunk_request_without_members_intent", guild=guild_id)
                 continue
+            if every_member and self._member_request_refused(session, guild_id, nonce):
+                continue
             await self._send_chunks(session, guild_id, query, user_ids, limit, presences, nonce)
+
+    def _member_request_refused(self, session: Session, guild_id: int, nonce: object) -> bool:
+        """One all-member request per guild per window; a later one gets RATE_LIMITED (opcode 8)."""
+        now = time.monotonic()
+        retry_after = self.limits.member_requests.retry_after(guild_id, now)
+        self.member_request_log.append((now, guild_id, nonce, retry_after))
+        if retry_after is None:
+            return False
+        self.counters["member_requests_rate_limited"] += 1
+        log.info("gateway_member_request_rate_limited", guild=guild_id, retry_after=round(retry_after, 3))
+        limited = {
+            "opcode": int(Op.REQUEST_GUILD_MEMBERS),
+            "retry_after": round(retry_after, 3),
+            "meta": {"guild_id": str(guild_id), "nonce": nonce},
+        }
+        session.dispatch(b"RATE_LIMITED", orjson.dumps(limited))
+        return True
 
     async def _send_chunks(
         self,

@@ -282,3 +282,13 @@ class AddedGuild(TypedDict):
     guild_id: str
     name: str
     member_count: int
+
+
+class LimitsView(TypedDict):
+    """Discord's limits of a running simulator: the answer of ``POST /_sim/limits``."""
+
+    presence_threshold: int
+    member_request_window_s: float
+    session_start_limit: dict[str, int]  # total, remaining, reset_after (ms), max_concurrency
+    identify_interval_s: float
+    token_reset: bool

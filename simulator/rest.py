@@ -17,6 +17,7 @@ from aiohttp import web
 
 from simulator.config import SimConfig
 from simulator.engine import Engine
+from simulator.limits import DiscordLimits
 from simulator.world import InvalidValueError, SimulatorError, User, World, user_payload
 
 API_PREFIX = "/api/v10"
@@ -64,8 +65,11 @@ def rest_fault_response(fault: RestFault) -> web.Response:
 class RestApi:
     """Handlers for ``/api/v10/...``; ``gateway_url`` is filled in once the port is known."""
 
-    def __init__(self, config: SimConfig, world: World, engine: Engine) -> None:
+    def __init__(
+        self, config: SimConfig, world: World, engine: Engine, limits: DiscordLimits | None = None
+    ) -> None:
         self.config = config
+        self.limits = limits or DiscordLimits()  # the gateway hub's, shared (token reset, budget)
         self.world = world
         self.engine = engine
         self.gateway_url = ""
@@ -121,6 +125,8 @@ class RestApi:
         token = header[4:].strip()
         if not token:
             return False
+        if self.limits.token_reset:
+            return False  # Discord reset the token of an app past its identify budget
         expected = self.config.bot_token
         return expected is None or secrets.compare_digest(token.encode(), expected.encode())
 
@@ -182,12 +188,7 @@ class RestApi:
             {
                 "url": self.gateway_url,
                 "shards": self.config.recommended_shards,
-                "session_start_limit": {
-                    "total": 1000,
-                    "remaining": 999,
-                    "reset_after": 86_400_000,
-                    "max_concurrency": 1,
-                },
+                "session_start_limit": self.limits.session_start.payload(time.monotonic()),
             }
         )
 

@@ -7,12 +7,21 @@ depend on it without the server and the control API importing each other.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from simulator.config import SimConfig
 from simulator.engine import UNSET, Engine, Unset
 from simulator.gateway import GatewayHub
-from simulator.payloads import AddedGuild, ChannelTruth, MemberTruth, MessagePayload, RoleTruth, SimState
+from simulator.payloads import (
+    AddedGuild,
+    ChannelTruth,
+    LimitsView,
+    MemberTruth,
+    MessagePayload,
+    RoleTruth,
+    SimState,
+)
 from simulator.rest import RestApi, RestFault
 from simulator.scenario import WorldBuilder
 from simulator.world import TEXT_CHANNEL, InvalidValueError, Overwrite
@@ -30,7 +39,7 @@ class Steering:
         self.world = self.builder.build(config)
         self.hub = GatewayHub(config, self.world)
         self.engine = Engine(self.world, self.hub, self.builder)
-        self.rest = RestApi(config, self.world, self.engine)
+        self.rest = RestApi(config, self.world, self.engine, self.hub.limits)
         self._running = asyncio.Event()
         if not config.start_paused:
             self._running.set()
@@ -59,6 +68,7 @@ class Steering:
             "changes_applied": self.changes_applied,
             "paused": self.paused,
             "oauth_calls": self.oauth_calls,
+            "limits": self.limits(),
         }
 
     # -- injection (each updates the truth and queues the event in one step) ------------------------
@@ -241,6 +251,73 @@ class Steering:
             return await self.hub.close_connections(code)
         except ValueError as exc:
             raise InvalidValueError(str(exc)) from None
+
+    def set_limits(
+        self,
+        *,
+        presence_threshold: int | None = None,
+        member_request_window_s: float | None = None,
+        session_start_total: int | None = None,
+        session_start_remaining: int | None = None,
+        session_start_reset_after_s: float | None = None,
+        max_concurrency: int | None = None,
+        identify_interval_s: float | None = None,
+        token_reset: bool | None = None,
+    ) -> LimitsView:
+        """Switch Discord's limits while running (None keeps a value); answers them all as they are now.
+
+        ``session_start_reset_after_s`` opens a budget window ending that many seconds from now.
+        """
+        limits = self.hub.limits
+        budget = limits.session_start
+        for name, value, low in (
+            ("presence_threshold", presence_threshold, 1),
+            ("session_start_total", session_start_total, 1),
+            ("session_start_remaining", session_start_remaining, 0),
+            ("max_concurrency", max_concurrency, 1),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InvalidValueError(f"{name} must be an integer >= {low}")
+        for name, seconds in (
+            ("member_request_window_s", member_request_window_s),
+            ("session_start_reset_after_s", session_start_reset_after_s),
+            ("identify_interval_s", identify_interval_s),
+        ):
+            if seconds is not None and (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not 0 <= seconds <= 86_400
+            ):
+                raise InvalidValueError(f"{name} must be a number of seconds in 0..86400")
+        if presence_threshold is not None:
+            limits.presence_threshold = presence_threshold
+        if member_request_window_s is not None:
+            limits.member_requests.window_s = float(member_request_window_s)
+        if session_start_total is not None:
+            budget.total = session_start_total
+            budget.remaining = min(budget.remaining, session_start_total)
+        if session_start_remaining is not None:
+            budget.remaining = min(session_start_remaining, budget.total)
+        if session_start_reset_after_s is not None:
+            budget.reset_at = time.monotonic() + session_start_reset_after_s
+        if max_concurrency is not None:
+            budget.max_concurrency = max_concurrency
+        if identify_interval_s is not None:
+            limits.identify_pacing.interval_s = float(identify_interval_s)
+        if token_reset is not None:
+            limits.token_reset = token_reset
+        return self.limits()
+
+    def limits(self) -> LimitsView:
+        """Discord's limits as they are now (``GET /_sim/stats`` shows them too)."""
+        limits = self.hub.limits
+        return {
+            "presence_threshold": limits.presence_threshold,
+            "member_request_window_s": limits.member_requests.window_s,
+            "session_start_limit": limits.session_start.payload(time.monotonic()),
+            "identify_interval_s": limits.identify_pacing.interval_s,
+            "token_reset": limits.token_reset,
+        }
 
     def delay_dispatches(self, seconds: float) -> int:
         """Current connections send nothing for ``seconds``, then everything, in order."""

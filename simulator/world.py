@@ -312,16 +312,19 @@ def guild_create_payload(
     bot_user_id: int,
     large_threshold: int,
     with_presences: bool,
+    presence_threshold: int,
 ) -> GuildCreatePayload:
     """GUILD_CREATE as Discord sends it to a bot.
 
     With the presences intent, a small guild comes with all members; a large one (more than
     ``large_threshold`` members) with the bot and the members who are not offline, and ``large: true`` so
-    the client requests the rest in chunks. Without the presences intent only the bot itself is included.
+    the client requests the rest in chunks. Without the presences intent only the bot itself is included,
+    and so it is for a guild over ``presence_threshold`` members (Discord's 75,000): the bot, members in
+    voice (not simulated) and no presences but the bot's.
     """
     member_count = len(guild.members)
     large = member_count > large_threshold
-    if not with_presences:
+    if not with_presences or member_count > presence_threshold:
         members = [m for m in guild.members.values() if m.user.id == bot_user_id]
     elif large:
         members = [

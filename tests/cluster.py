@@ -67,11 +67,9 @@ class InProcessIngest:
         client = worker.client
         # Zombie detection within seconds, not discord.py's default minute (the black-hole fault).
         client._connection.heartbeat_timeout = ZOMBIE_TIMEOUT_S
-
-        async def before_identify_hook(shard_id: int | None, *, initial: bool = False) -> None:
-            return None  # discord.py's 5 s between IDENTIFYs: Discord's limit, which the simulator lacks
-
-        client.before_identify_hook = before_identify_hook  # type: ignore[method-assign]
+        # No 5 s between IDENTIFYs of a bucket: the cluster's simulator does not pace them (the budget
+        # itself is still checked before each IDENTIFY).
+        client.identify_pacer.interval_s = 0.0
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(worker.run(self._stop), name="ingest-worker")
 
@@ -440,11 +438,19 @@ async def cluster(
     serves: int = 1,
     guild_sizes: list[int] | None = None,
     pooler: PgBouncer | None = None,
+    sim_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Cluster]:
     """Simulator + ingest(s) + serve(s) + viewers, past the first sync, churning; everything stopped on exit.
 
-    ``ingests`` builds the ingest handles (default: one in-process worker for every shard).
+    ``ingests`` builds the ingest handles (default: one in-process worker for every shard);
+    ``sim_options`` are more SimConfig fields.
     """
+    options: dict[str, Any] = {
+        # Discord's one all-member request per guild per 30 s would make every case that IDENTIFYs
+        # again within seconds of the start wait it out; the rate-limited-members case switches it on.
+        "member_request_window_s": 0.0,
+        **(sim_options or {}),
+    }
     config = SimConfig(
         guild_sizes=guild_sizes or GUILD_SIZES,
         seed=seed,
@@ -453,6 +459,7 @@ async def cluster(
         start_paused=True,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         recommended_shards=2,
+        **options,
     )
     async with Simulator(config) as sim:
         c = Cluster(sim, database_url, tmp_path, seed=seed, pooler=pooler)

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from ingest.health import readiness
 from simulator.rest import RestFault
+from simulator.testing import SIM_TOKEN
 from tests.cluster import (
     CONVERGE_BUDGET_AFTER_RESTART_S,
     CONVERGE_BUDGET_S,
@@ -27,6 +32,7 @@ from tests.cluster import (
     Cluster,
     Ingest,
     IngestProcess,
+    InProcessIngest,
     cluster,
 )
 from tests.pg import PgServer
@@ -45,6 +51,7 @@ class Fault:
     needs_local_pg: bool = False  # restarts or reconfigures the PostgreSQL server itself
     pooled: bool = False  # the ingest and the serve go through a PgBouncer in transaction mode
     known_bug: str | None = None  # an ingest bug this case finds that is not fixed yet (strict xfail)
+    sim: dict[str, Any] = field(default_factory=dict)  # more SimConfig fields (Discord's limits)
 
 
 async def churn_until(c: Cluster, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -211,6 +218,111 @@ async def dispatches_duplicated(c: Cluster, pg: PgServer) -> None:
     c.sim.duplicate_dispatches(2.0)
 
 
+# -- Discord's own limits (issue 23) -------------------------------------------------------------
+
+HUGE_THRESHOLD = 400  # the cluster's guilds (500 members) are over it: GUILD_CREATE without presences
+MEMBER_REQUEST_WINDOW_S = 10.0  # the rate-limited case's window (Discord: 30 s)
+IDENTIFY_RESERVE = 3
+
+
+def worker_of(ingest: Ingest) -> Any:
+    assert isinstance(ingest, InProcessIngest) and ingest.worker is not None
+    return ingest.worker
+
+
+async def huge_guild_start(c: Cluster, pg: PgServer) -> None:
+    """The ingest starts again on guilds over the presence threshold: statuses come with the chunks."""
+    assert all(len(g.members) > HUGE_THRESHOLD for g in c.sim.world.guilds.values())
+    await c.ingests[0].stop()
+    await c.churn()  # statuses change while it is away: only the chunks can tell it
+    c.ingests[0] = c.in_process_ingest(shard_count=1)
+    started = time.monotonic()
+    await c.ingests[0].start()
+    client = worker_of(c.ingests[0]).client
+    guild_ids = list(c.sim.world.guilds)
+    await churn_until(
+        c, lambda: all(client.chunk_progress.complete(g) for g in guild_ids), "every guild chunked"
+    )
+    print(
+        f"\nhuge-guild-start: every member's status downloaded {time.monotonic() - started:.2f}s after the start"
+    )
+
+
+async def rate_limited_members(c: Cluster, pg: PgServer) -> None:
+    """A lost chunk while all-member requests are limited: the ingest asks again when retry_after ends."""
+    client = worker_of(c.ingests[0]).client
+    c.sim.set_limits(member_request_window_s=MEMBER_REQUEST_WINDOW_S)
+    c.sim.set_chunk_faults(drop=1)
+    since = time.monotonic()
+    await c.sim.send_invalid_session(resumable=False)
+    await churn_until(c, lambda: c.sim.hub.counters["member_chunks_dropped"] >= 1, "a chunk dropped")
+    await churn_until(c, lambda: c.sim.hub.counters["member_requests_rate_limited"] >= 1, "a request refused")
+    # when each guild's members arrived whole again (polled while the storm goes on)
+    completed: dict[int, float] = {}
+    guild_ids = list(c.sim.world.guilds)
+
+    def all_complete() -> bool:
+        for g in guild_ids:
+            if g not in completed and client.chunk_progress.complete(g):
+                completed[g] = time.monotonic()
+        return len(completed) == len(guild_ids)
+
+    await churn_until(c, all_complete, "every guild's members complete", timeout=90)
+    log = [entry for entry in c.sim.hub.member_request_log if entry[0] >= since]
+    delays = []
+    for guild_id in guild_ids:
+        mine = [entry for entry in log if entry[1] == guild_id]
+        refusals = [entry for entry in mine if entry[3] is not None]
+        for before, after in itertools.pairwise(mine):
+            assert before[3] is None or after[3] is None, f"guild {guild_id}: a request refused twice: {mine}"
+        if refusals:
+            at, _, _, retry_after = refusals[-1]
+            assert retry_after is not None
+            delay = completed[guild_id] - at
+            assert delay <= retry_after + 5, (
+                f"guild {guild_id} synced {delay:.1f}s after RATE_LIMITED ({retry_after}s)"
+            )
+            delays.append((delay, retry_after))
+    assert delays, "no guild was rate limited"
+    figures = ", ".join(f"{d:.2f}s (retry_after {r:.2f}s)" for d, r in delays)
+    print(f"\nrate-limited-members: synced after RATE_LIMITED in {figures}")
+    c.sim.set_chunk_faults()
+
+
+async def identify_budget(c: Cluster, pg: PgServer) -> None:
+    """A bad token for a while, then the right one with the budget at its reserve until a reset."""
+    await c.ingests[0].stop()
+    identifies, left = c.sim.hub.counters["identify"], c.sim.hub.limits.session_start.remaining
+    settings = c.in_process_ingest(shard_count=1, identify_reserve=IDENTIFY_RESERVE).settings
+    c.ingests[0] = InProcessIngest(
+        settings.model_copy(update={"discord_bot_token": SecretStr("not-the-token")})
+    )
+    await c.ingests[0].start()
+    worker = worker_of(c.ingests[0])
+    await churn_until(c, lambda: worker.client.refusal is not None, "the ingest refused")
+    await c.churn(events=600)  # a while: a supervisor would have restarted it many times by now
+    state = readiness(worker.client, worker.writer, 1000)
+    assert not state.ready and "DISCORD_BOT_TOKEN" in state.body["reasons"][0], state.body
+    assert c.ingests[0].failure() is None, "a refused ingest stays up (no restart loop)"
+    assert c.sim.hub.counters["identify"] == identifies, "a refused token spent an IDENTIFY"
+    await c.ingests[0].stop()
+    # the right token, while only the reserve is left: it waits for the reset instead of spending it
+    c.sim.set_limits(session_start_remaining=IDENTIFY_RESERVE, session_start_reset_after_s=3.0)
+    c.ingests[0] = InProcessIngest(settings)
+    await c.ingests[0].start()
+    client = worker_of(c.ingests[0]).client
+    await churn_until(c, lambda: client.identify_waiting is not None, "the ingest waiting for the budget")
+    state = readiness(client, worker_of(c.ingests[0]).writer, 1000)
+    assert not state.ready and any("identify budget" in r for r in state.body["reasons"]), state.body
+    assert c.sim.hub.counters["identify"] == identifies
+    await counter_rises(c, "identify")
+    spent = c.sim.hub.counters["identify"] - identifies
+    print(
+        f"\nidentify-budget: {spent} IDENTIFY spent (bad token: 0; {left} left before, reserve {IDENTIFY_RESERVE})"
+    )
+    assert spent == 1
+
+
 # -- a small cluster -----------------------------------------------------------------------------
 
 
@@ -254,6 +366,14 @@ FAULTS = [
     Fault(
         "cluster-restarts", cluster_restarts, CONVERGE_BUDGET_AFTER_RESTART_S, two_shard_processes, serves=2
     ),
+    Fault(
+        "huge-guild-start",
+        huge_guild_start,
+        CONVERGE_BUDGET_AFTER_RESTART_S,
+        sim={"presence_threshold": HUGE_THRESHOLD},
+    ),
+    Fault("rate-limited-members", rate_limited_members),
+    Fault("identify-budget", identify_budget, CONVERGE_BUDGET_AFTER_RESTART_S, sim={"bot_token": SIM_TOKEN}),
 ]
 
 
@@ -278,7 +398,13 @@ async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: 
         bouncer = stack.enter_context(pgbouncer(database_url)) if fault.pooled else None
         c = await stack.enter_async_context(
             cluster(
-                database_url, tmp_path, seed=seed, ingests=fault.ingests, serves=fault.serves, pooler=bouncer
+                database_url,
+                tmp_path,
+                seed=seed,
+                ingests=fault.ingests,
+                serves=fault.serves,
+                pooler=bouncer,
+                sim_options=fault.sim,
             )
         )
         await fault.script(c, pg)
