@@ -107,8 +107,19 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     ingest_http_port: int | None = Field(default=None, ge=0, le=65535)
     ingest_http_host: str = "127.0.0.1"
     ready_max_pending_rows: int = Field(default=100_000, ge=1)  # /readyz is 503 with this many pending
+    # /dzone slash commands (ingest/commands.py): off = none are registered (earlier ones are removed).
+    commands: bool = True
+    public_url: str | None = None  # the town's address for /dzone link: https://town.example.org/
+    command_defer_after_s: float = Field(default=2.0, gt=0, le=2.5)  # slower answers are deferred first
 
     _shard_ids = field_validator("shard_ids", mode="before")(split_list)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_http(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected the town's http(s) address, such as https://town.example.org/")
+        return value
 
     @field_validator("discord_bot_token")
     @classmethod
