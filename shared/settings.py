@@ -179,6 +179,8 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     # Restarts (docs/deploy.md): on SIGTERM /readyz turns 503 and new sockets are refused, open viewers are
     # served this long (or until they have all left), then closed with 1001. 0 = close at once.
     drain_s: float = Field(default=120.0, ge=0)
+    # Open viewers per server written to serve_viewers this often, for /dzone status; 0 = never.
+    viewer_report_interval_s: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def _tls_pair_complete(self) -> ServeSettings:

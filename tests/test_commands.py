@@ -122,9 +122,12 @@ async def test_link_without_a_public_url_says_what_to_set(
 
 
 @contextlib.asynccontextmanager
-async def watched(b: Bot, guild_id: int) -> AsyncIterator[Viewer]:
+async def watched(b: Bot, guild_id: int, **serve_settings: Any) -> AsyncIterator[Viewer]:
     """A real serve with an anonymous viewer of the guild, showing exactly the database's visible rows."""
-    async with running(b.worker.settings.database_url) as server, Viewer.open(server) as viewer:
+    async with (
+        running(b.worker.settings.database_url, **serve_settings) as server,
+        Viewer.open(server) as viewer,
+    ):
         await viewer.expect("server-list")
         await viewer.join(str(guild_id))
         await until_world(viewer, await _visible(b, guild_id), timeout=10)
@@ -318,3 +321,22 @@ async def test_a_database_outage_is_answered_in_one_line(
         finally:
             await conn.execute("ALTER TABLE discord_servers_away RENAME TO discord_servers")
         assert text == "The town's database is not answering right now; please try again in a minute."
+
+
+async def test_status_counts_the_viewers_the_serve_reports(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    async with bot(database_url, conn) as b:
+        gid, people = b.guild()
+
+        async def reported() -> int:
+            return int(await conn.fetchval("SELECT coalesce(sum(viewers), 0) FROM serve_viewers"))
+
+        async with watched(b, gid, viewer_report_interval_s=0.1):
+            await wait_for(lambda: _is(reported, 1), timeout=10, message="the serve reports its viewer")
+            assert "Viewers now: 1\n" in await b.answer(gid, people[0], "dzone status", admin=True)
+        assert await reported() == 0, "a serve that closes removes its rows"
+
+
+async def _is(read: Any, expected: int) -> bool:
+    return bool(await read() == expected)

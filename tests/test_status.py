@@ -143,3 +143,18 @@ async def test_status_shows_ingest_shards_and_marks_silent_ones_stale(
     assert "Ingest shards (2)" in output
     assert _line_of(output, "host-a:1")[:6] == ["0", "2", "host-a:1", "ready", "42", "3"]
     assert _line_of(output, "host-b:2")[3:5] == ["stale", "(ready)"]
+
+
+async def test_status_shows_the_last_changes_made_from_discord(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    assert "Last changes from Discord" not in render(await read_status(database_url))
+    await conn.execute(
+        "INSERT INTO command_audit (server_id, user_id, user_name, command, change) VALUES "
+        "('111', '7', 'alice', '/dzone settings', 'passworded: off -> on'), "
+        "('111', '8', 'bob', '/dzone hide-me', 'hide_user: hidden themself')"
+    )
+    output = render(await read_status(database_url))
+    assert "Last changes from Discord (2" in output
+    assert "alice (7)" in output and "passworded: off -> on" in output
+    assert output.index("bob (8)") < output.index("alice (7)")  # one transaction: the later row first
