@@ -398,7 +398,10 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
         progress.done(exports["DZONE_DISCORD_API_BASE"])
 
     progress.begin("ingest: syncing guilds into PostgreSQL")
-    demo_run.spawn("ingest", ["ingest"], env)
+    shown_host = f"[{options.host}]" if ":" in options.host else options.host
+    base = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else shown_host}:{options.port}"
+    # /dzone link answers the demo's own address unless DZONE_PUBLIC_URL says otherwise.
+    demo_run.spawn("ingest", ["ingest"], {"DZONE_PUBLIC_URL": f"{base}/", **env})
     if real_token:  # a real bot may be in any number of guilds, including none yet
         demo_run.wait_until(
             "the ingest's first server", lambda: server_count(database_url) >= 1, options.ready_timeout
@@ -417,8 +420,6 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
         serve_args += ["--static-dir", options.static_dir]
     # One replica and nobody to hand viewers to: Ctrl-C closes them at once rather than draining.
     demo_run.spawn("serve", serve_args, {"DZONE_DRAIN_S": "0", **env})
-    shown_host = f"[{options.host}]" if ":" in options.host else options.host
-    base = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else shown_host}:{options.port}"
     demo_run.wait_until(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), options.ready_timeout)
     progress.done()
 
