@@ -104,7 +104,8 @@ class CommandRunner:
         try:
             if interaction.guild_id is None:
                 raise CommandRefused("Use /dzone in a server: it acts on that server's town.")
-            if admin and not interaction.permissions.manage_guild:
+            granted = interaction.permissions
+            if admin and not (granted.manage_guild or granted.administrator):
                 raise CommandRefused(f"`{command}` is for members with the Manage Server permission.")
             actor = Actor(str(interaction.guild_id), str(interaction.user.id), interaction.user.name)
             job = asyncio.ensure_future(self._run(action(actor)))
