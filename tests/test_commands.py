@@ -340,3 +340,36 @@ async def test_status_counts_the_viewers_the_serve_reports(
 
 async def _is(read: Any, expected: int) -> bool:
     return bool(await read() == expected)
+
+
+async def test_relay_chat_off_stops_the_chat_at_its_commit(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    async with bot(database_url, conn) as b:
+        gid, people = b.guild()
+        await conn.execute("UPDATE discord_servers SET hide_offline = FALSE WHERE server_id = $1", str(gid))
+        channel = await wait_for(
+            lambda: conn.fetchval(
+                "SELECT channel_id FROM discord_channels WHERE server_id = $1 AND public ORDER BY name LIMIT 1",
+                str(gid),
+            ),
+            timeout=10,
+            message="a public channel is written",
+        )
+        async with watched(b, gid) as viewer:
+            await b.sim.send_message(gid, int(channel), people[0], "before")
+            frame = await viewer.until(lambda f: f["type"] == "message", timeout=10)
+            assert frame["data"]["message"] == "before"
+            assert "relay_chat: on -> off" in await b.answer(
+                gid, people[1], "dzone settings", True, relay_chat=False
+            )
+            await b.sim.send_message(gid, int(channel), people[0], "after")
+            await b.sim.set_presence(gid, people[2], "dnd")  # a marker behind the message
+            seen: list[dict[str, Any]] = []
+
+            def marker(f: dict[str, Any]) -> bool:
+                seen.append(f)
+                return f["type"] == "presence" and f["data"]["uid"] == str(people[2])
+
+            await viewer.until(marker, timeout=10)
+            assert [f for f in seen if f["type"] == "message"] == []
