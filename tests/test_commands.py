@@ -369,7 +369,7 @@ async def test_relay_chat_off_stops_the_chat_at_its_commit(
 
             def marker(f: dict[str, Any]) -> bool:
                 seen.append(f)
-                return f["type"] == "presence" and f["data"]["uid"] == str(people[2])
+                return bool(f["type"] == "presence" and f["data"]["uid"] == str(people[2]))
 
             await viewer.until(marker, timeout=10)
             assert [f for f in seen if f["type"] == "message"] == []
