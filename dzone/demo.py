@@ -408,7 +408,12 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
 
     progress.begin("ingest: syncing guilds into PostgreSQL")
     ingest_port = free_port()  # not the fixed 8081: another ingest or demo may hold it
-    demo_run.spawn("ingest", ["ingest", "--http-port", str(ingest_port)], env)
+    shown_host = f"[{options.host}]" if ":" in options.host else options.host
+    base = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else shown_host}:{options.port}"
+    # /dzone link answers the demo's own address unless DZONE_PUBLIC_URL says otherwise.
+    demo_run.spawn(
+        "ingest", ["ingest", "--http-port", str(ingest_port)], {"DZONE_PUBLIC_URL": f"{base}/", **env}
+    )
     if real_token:  # a real bot may be in any number of guilds, including none yet
         demo_run.wait_until(
             "the ingest's first server", lambda: server_count(database_url) >= 1, options.ready_timeout
@@ -427,8 +432,6 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
         serve_args += ["--static-dir", options.static_dir]
     # One replica and nobody to hand viewers to: Ctrl-C closes them at once rather than draining.
     demo_run.spawn("serve", serve_args, {"DZONE_DRAIN_S": "0", **env})
-    shown_host = f"[{options.host}]" if ":" in options.host else options.host
-    base = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else shown_host}:{options.port}"
     demo_run.wait_until(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), options.ready_timeout)
     progress.done()
 

@@ -1,7 +1,7 @@
 """``dzone status``: what an operator wants to know at a glance, read from the database.
 
 Per server: members by status, how many the visibility rules hide, and the last change (view
-``server_presence_summary``); the serve
+``server_presence_summary``); the last changes made from Discord (``command_audit``); the serve
 processes listening on the change feed (``pg_stat_activity``), each asked on the probe channel whether it
 hears the feed (shared/probe.py: a deaf one does not answer); the sessions of every dzone process by
 application_name; how full the NOTIFY queue is (``pg_notification_queue_usage()``). Everything but the
@@ -62,6 +62,12 @@ SELECT instance, shard_id, shard_count, state, latency_ms, pending_rows,
 FROM ingest_heartbeat
 ORDER BY shard_id, updated_at DESC
 """
+# The last changes made from Discord with the /dzone commands (ingest/actions.py writes them).
+AUDIT_SQL = """
+SELECT at, server_id, user_id, user_name, command, change
+FROM command_audit ORDER BY at DESC, audit_id DESC LIMIT $1
+"""
+AUDIT_ROWS_SHOWN = 10
 STALE_HEARTBEAT_S = 30.0  # a shard silent this long is shown as stale (its process is gone or stuck)
 
 
@@ -122,6 +128,18 @@ class SessionCount:
 
 
 @dataclass(frozen=True)
+class AuditRow:
+    """One change made from Discord with a /dzone command."""
+
+    at: datetime
+    server_id: str
+    user_id: str
+    user_name: str
+    command: str
+    change: str
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything ``dzone status`` shows."""
 
@@ -133,6 +151,7 @@ class Status:
     # The feed check: the serves that answered (None: not checked), and how long status waited.
     answers: list[probe.Answer] | None = None
     feed_wait_s: float = 0.0
+    audit: list[AuditRow] = field(default_factory=list)
 
 
 async def read_status(
@@ -157,13 +176,24 @@ async def read_status(
         answers = None
         if pooler != "transaction" and listeners and feed_wait_s > 0:
             answers = await ask_listeners(conn, len(listeners), feed_wait_s, op_timeout_s)
+        audit_rows = await conn.fetch(AUDIT_SQL, AUDIT_ROWS_SHOWN, timeout=op_timeout_s)
+        audit = [AuditRow(**dict(row)) for row in audit_rows]
     except asyncpg.UndefinedTableError:
         raise StatusError("the database has no dzone schema yet: run `dzone migrate`") from None
     except CONNECT_ERRORS as exc:
         raise StatusError(f"reading {redacted(url)} failed: {describe_connect_error(exc)}") from None
     finally:
         await conn.close()
-    return Status(servers, listeners, usage, ingest_shards, sessions, answers, feed_wait_s)
+    return Status(
+        servers=servers,
+        listeners=listeners,
+        queue_usage=usage,
+        ingest_shards=ingest_shards,
+        sessions=sessions,
+        answers=answers,
+        feed_wait_s=feed_wait_s,
+        audit=audit,
+    )
 
 
 async def ask_listeners(
@@ -331,6 +361,15 @@ def render(status: Status) -> str:
         )
     else:
         sections.append("Ingest shards (0)\n(no ingest has reported: is it running?)")
+    if status.audit:
+        rows = [
+            [_when(a.at), a.server_id, f"{a.user_name} ({a.user_id})", a.command, a.change]
+            for a in status.audit
+        ]
+        sections.append(
+            f"Last changes from Discord ({len(status.audit)}, newest first; all: SELECT * FROM command_audit)\n"
+            + table(["when", "server_id", "by", "command", "change"], rows)
+        )
     sections.append(f"NOTIFY queue usage: {status.queue_usage * 100:.4f}% (pg_notification_queue_usage)")
     return "\n\n".join(sections)
 

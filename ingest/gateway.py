@@ -23,7 +23,7 @@ import functools
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypedDict
 
 import discord
@@ -148,6 +148,7 @@ class IngestClient(discord.AutoShardedClient):
         self._member_requests: dict[int, asyncio.Task[None]] = {}  # guilds whose members are asked again
         self._members_arrived: dict[int, asyncio.Event] = {}
         self._closing: asyncio.Task[None] | None = None
+        self.after_login: list[Callable[[], Awaitable[None]]] = []  # e.g. registering the slash commands
         self._ingest_handlers: dict[str, Callable[..., None]] = {
             "guild_available": self._on_guild_available,
             "guild_join": self._on_guild_available,
@@ -199,6 +200,11 @@ class IngestClient(discord.AutoShardedClient):
         if self.shard_ids is None or self.shard_count is None:
             return True  # every shard is ours
         return shard_of(int(server_id), self.shard_count) in self.shard_ids
+
+    async def setup_hook(self) -> None:
+        """discord.py's hook after login, before the shards connect: the application id is known."""
+        for step in self.after_login:
+            await step()
 
     # --- dispatch -------------------------------------------------------------------------------------
     def dispatch(self, event: str, /, *args: object, **kwargs: object) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import discord
 import structlog
 
+from ingest.commands import SlashCommands
 from ingest.fairness import install_cooperative_yield
 from ingest.gateway import IngestClient
 from ingest.health import HealthServer, shard_heartbeat
@@ -65,6 +66,8 @@ class IngestWorker:
             heartbeat=lambda: shard_heartbeat(self.client, instance, started_at),
         )
         self.client.writer = self.writer
+        self.commands = SlashCommands(self.client, settings)
+        self.client.after_login.append(self.commands.register)
         self.health: HealthServer | None = None
         if settings.ingest_http_port:
             self.health = HealthServer(
@@ -122,6 +125,7 @@ class IngestWorker:
             with contextlib.suppress(asyncio.CancelledError, discord.DiscordException, OSError):
                 await asyncio.wait_for(self._runner, timeout=10)
         flushed = await self.writer.close(timeout=self.settings.shutdown_flush_timeout_s)
+        await self.commands.close()
         if self.health is not None:
             await self.health.stop()
         log.info(

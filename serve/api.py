@@ -28,6 +28,7 @@ from serve.listener import FeedListener
 from serve.metrics import ServeMetrics
 from serve.oauth import DiscordIdentity
 from serve.tls import CertificateError, CertificateFiles, ReloadingContext
+from serve.viewers import ViewerReport
 from shared import db, probe
 from shared.errors import DzoneError
 from shared.settings import ServeSettings, load
@@ -124,6 +125,8 @@ class WebSocketServer:
         self._drain_task: asyncio.Task[None] | None = None
         self.tls: ReloadingContext | None = None
         self._tls_task: asyncio.Task[None] | None = None
+        self._viewer_report: ViewerReport | None = None
+        self._viewer_report_task: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self.version = _version()
 
@@ -288,6 +291,9 @@ class WebSocketServer:
         )
         if self.tls is not None:
             self._tls_task = asyncio.create_task(self.tls.watch(s.tls_reload_interval_s))
+        if pool is not None and s.viewer_report_interval_s > 0:
+            self._viewer_report = ViewerReport(pool, hub.viewer_counts, s.viewer_report_interval_s, self.port)
+            self._viewer_report_task = asyncio.create_task(self._viewer_report.run(), name="viewer-report")
         log.info(
             "serving",
             host=s.host,
@@ -314,6 +320,11 @@ class WebSocketServer:
         if self._listener_task is not None:
             self._listener_task.cancel()
             await asyncio.gather(self._listener_task, return_exceptions=True)
+        if self._viewer_report_task is not None:
+            self._viewer_report_task.cancel()
+            await asyncio.gather(self._viewer_report_task, return_exceptions=True)
+            if self._viewer_report is not None:
+                await self._viewer_report.forget()
         if self._hub is not None:
             await self._hub.close()
             await self._hub.identity.close()

@@ -322,6 +322,10 @@ class Hub:
         state = self.states.get(key)
         return tuple(state.viewers) if state else ()
 
+    def viewer_counts(self) -> dict[str, int]:
+        """Open viewers per server right now (reported to serve_viewers for /dzone status)."""
+        return {key: len(state.viewers) for key, state in self.states.items()}
+
     async def close(self) -> None:
         self.sessions.close()
         tasks: list[asyncio.Task[Any]] = [*self._loading.values(), *self._resyncing.values()]

@@ -1,4 +1,4 @@
-"""Every SQL statement the serve runs, in one place (the serve only reads; writers own the tables)."""
+"""Every SQL statement the serve runs to read, in one place (its one write, the viewer report, is serve/viewers.py)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ Pooler = Literal["none", "transaction"]
 # The application_name of each kind of connection, as pg_stat_activity and `dzone status` show them.
 APP_INGEST = "dzone-ingest"  # the writer's connection: batches, guild ops, messages, heartbeats
 APP_INGEST_SYNC = "dzone-ingest-sync"  # the extra lanes of concurrent full syncs
+APP_INGEST_COMMANDS = "dzone-ingest-commands"  # the /dzone commands' small pool (ingest/commands.py)
 APP_SERVE = "dzone-serve"  # the serve's pool: reads and the feed probe's NOTIFY
 APP_LISTENER = LISTENER_APPLICATION_NAME  # the serve's LISTEN connection
 APP_MIGRATE = "dzone-migrate"

@@ -128,8 +128,19 @@ class IngestSettings(DatabaseSettings, DiscordSettings):
     ready_max_pending_rows: int = Field(default=100_000, ge=1)  # /readyz is 503 with this many pending
     # IDENTIFYs of Discord's daily session_start_limit never spent: below it the ingest waits for the reset
     identify_reserve: int = Field(default=10, ge=0)
+    # /dzone slash commands (ingest/commands.py): off = none are registered (earlier ones are removed).
+    commands: bool = True
+    public_url: str | None = None  # the town's address for /dzone link: https://town.example.org/
+    command_defer_after_s: float = Field(default=2.0, gt=0, le=2.5)  # slower answers are deferred first
 
     _shard_ids = field_validator("shard_ids", mode="before")(split_list)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_http(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected the town's http(s) address, such as https://town.example.org/")
+        return value
 
     @field_validator("discord_bot_token")
     @classmethod
@@ -190,6 +201,8 @@ class ServeSettings(DatabaseSettings, DiscordSettings):
     # Restarts (docs/deploy.md): on SIGTERM /readyz turns 503 and new sockets are refused, open viewers are
     # served this long (or until they have all left), then closed with 1001. 0 = close at once.
     drain_s: float = Field(default=120.0, ge=0)
+    # Open viewers per server written to serve_viewers this often, for /dzone status; 0 = never.
+    viewer_report_interval_s: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def _tls_pair_complete(self) -> ServeSettings:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from shared.discord_rules import point_discord_py
 from simulator.config import SimConfig
-from simulator.control import ControlApi
+from simulator.control import CONTROL_PREFIX, ControlApi
 from simulator.scenario import (
     Change,
     MemberJoin,
@@ -85,6 +85,9 @@ class Simulator(Steering):
                 web.get("/gateway", self.hub.handle),
                 web.get("/gateway/resume", self.hub.handle),
                 *ControlApi(self).routes(),
+                # Application commands (simulator/interactions.py): before the REST catch-all.
+                *self.interactions.control_routes(CONTROL_PREFIX),
+                *self.interactions.rest_routes(),
                 *self.rest.routes(),
             ]
         )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from simulator.config import SimConfig
 from simulator.engine import UNSET, Engine, Unset
 from simulator.gateway import GatewayHub
+from simulator.interactions import Interactions
 from simulator.payloads import (
     AddedGuild,
     ChannelTruth,
@@ -40,6 +41,7 @@ class Steering:
         self.hub = GatewayHub(config, self.world)
         self.engine = Engine(self.world, self.hub, self.builder)
         self.rest = RestApi(config, self.world, self.engine, self.hub.limits)
+        self.interactions = Interactions(self.world, self.hub)  # application commands (issue 25)
         self._running = asyncio.Event()
         if not config.start_paused:
             self._running.set()

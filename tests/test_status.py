@@ -168,3 +168,18 @@ async def test_status_tells_a_live_listener_from_a_deaf_one(pg: PgServer, databa
             assert "DEAF (no answer in 1s)" in render(status)
         finally:
             os.kill(listener.pid, signal.SIGCONT)
+
+
+async def test_status_shows_the_last_changes_made_from_discord(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    assert "Last changes from Discord" not in render(await read_status(database_url))
+    await conn.execute(
+        "INSERT INTO command_audit (server_id, user_id, user_name, command, change) VALUES "
+        "('111', '7', 'alice', '/dzone settings', 'passworded: off -> on'), "
+        "('111', '8', 'bob', '/dzone hide-me', 'hide_user: hidden themself')"
+    )
+    output = render(await read_status(database_url))
+    assert "Last changes from Discord (2" in output
+    assert "alice (7)" in output and "passworded: off -> on" in output
+    assert output.index("bob (8)") < output.index("alice (7)")  # one transaction: the later row first
