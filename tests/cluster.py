@@ -183,13 +183,14 @@ class LiveViewer:
         return self.viewer.world
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            if self._reader.done() and not self._reader.cancelled() and self._reader.exception():
-                raise self._reader.exception()  # type: ignore[misc]
+        # Close the socket first: the reader then ends on ConnectionClosed. Cancelling it while a frame
+        # arrives could be lost inside wait_for (Python 3.11), leaving the reader waiting for an hour.
         if self.viewer is not None:
             await self.viewer.ws.close()
+        if self._reader is not None:
+            await asyncio.wait_for(asyncio.gather(self._reader, return_exceptions=True), 10)
+            if not self._reader.cancelled() and self._reader.exception():
+                raise self._reader.exception()  # type: ignore[misc]
 
 
 class Cluster:

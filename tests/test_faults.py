@@ -343,13 +343,14 @@ async def cluster_restarts(c: Cluster, pg: PgServer) -> None:
     await counter_rises(c, "identify")
 
 
+# A case's seed is 100 + its index here (its world, so which guilds are on which shard): append new
+# cases at the end, so that no other case gets another world.
 FAULTS = [
     Fault("postgres-restart", postgres_restart, needs_local_pg=True),
     Fault("logins-refused", logins_refused, needs_local_pg=True),
     Fault("connections-cut", connections_cut),
     Fault("listener-killed", listener_killed),
     Fault("listener-frozen", listener_frozen),
-    Fault("pooler-restart", pooler_restart, pooled=True),
     Fault("ingest-sigkill", ingest_sigkill, CONVERGE_BUDGET_AFTER_RESTART_S, one_ingest_process),
     Fault("black-hole", black_hole),
     Fault("heartbeat-interval", heartbeat_interval_change),
@@ -374,6 +375,7 @@ FAULTS = [
     ),
     Fault("rate-limited-members", rate_limited_members),
     Fault("identify-budget", identify_budget, CONVERGE_BUDGET_AFTER_RESTART_S, sim={"bot_token": SIM_TOKEN}),
+    Fault("pooler-restart", pooler_restart, pooled=True),
 ]
 
 

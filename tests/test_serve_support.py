@@ -59,7 +59,8 @@ class Viewer:
             yield cls(ws)
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        async with asyncio.timeout(timeout):  # unlike wait_for in 3.11, never swallows a cancel
+            raw = await self.ws.recv()
         assert isinstance(raw, str), "server frames must be text"
         frame: dict[str, Any] = orjson.loads(raw)
         self._apply(frame)
