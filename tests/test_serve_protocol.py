@@ -33,8 +33,8 @@ async def test_server_list_at_once_on_any_path_without_secrets(database_url, con
     await seed(conn)
     async with running(database_url) as server, Viewer.open(server, path) as v:
         frame = await v.expect("server-list")
-        assert list(frame["data"]) == [A, B, C]
-        assert frame["data"][A] == {"id": "alpha", "name": "Alpha", "passworded": False, "default": True}
+        assert list(frame["data"]) == ["alpha", B, C]  # keyed by id: what the client's links hold (rule 22)
+        assert frame["data"]["alpha"] == {"id": "alpha", "name": "Alpha", "passworded": False, "default": True}
         assert frame["data"][B]["id"] == B
         assert frame["data"][C]["passworded"] is True
         for entry in frame["data"].values():
