@@ -109,6 +109,7 @@ class DzoneClient:
         self.strategies = [u for u in (self.params.get("socketURL"),) if u]
         self.strategies += [f"wss://{self.page.hostname}{self.page.path.rstrip('/')}/ws", HERMES]
         self.opened: list[str] = []  # every URL the page would open a socket to, in order
+        self.failures: list[str] = []
         self.servers: dict[str, dict[str, Any]] | None = None
         self.server: str | None = None
         self.figures: dict[str, dict[str, Any]] = {}
@@ -147,8 +148,8 @@ class DzoneClient:
                     self.ws = ws
                     async for raw in ws:
                         self.on_frame(orjson.loads(raw))
-            except (OSError, ConnectionClosed, asyncio.TimeoutError):
-                pass
+            except (TimeoutError, OSError, ConnectionClosed) as exc:
+                self.failures.append(f"{url}: {exc!r}")  # the page logs it and moves on
             self.ws = None
             await asyncio.sleep(1.0)  # src/main.ts:674
 

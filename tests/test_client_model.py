@@ -121,7 +121,7 @@ async def test_alias_and_snowflake_links_to_a_passworded_server_wait_for_the_log
     async with running(database_url) as server:
         for link in ("staff", LOCKED):
             async with page(server, f"&s={link}") as client:
-                await wait_for(lambda c=client: c.pending_join is not None, message="the join held for login")  # type: ignore[misc]
+                await wait_for(lambda c=client: c.pending_join is not None, message="the join held for login")  # type: ignore[arg-type,misc]
                 assert client.pending_join == link and client.sent == [] and client.alerts == []
                 assert client.server is None and "dzone-default-server" not in client.local_storage
 
