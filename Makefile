@@ -7,10 +7,11 @@ PYTHON ?= python3
 
 .PHONY: demo test lint
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions the tests passed with (CI installs the same).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed

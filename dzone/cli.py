@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from shared.redaction import redact
+
 # name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
     "migrate": "dzone.commands:migrate",
@@ -41,6 +43,16 @@ class LazyGroup(click.Group):
             raise
         command: click.Command = getattr(module, attribute)
         return command
+
+    def invoke(self, ctx: click.Context) -> object:
+        # Click prints these messages itself, outside logging: they are redacted here.
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            message = redact(exc.message)
+            if message != exc.message:
+                raise click.ClickException(message) from None
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,8 @@
 It starts (or uses) PostgreSQL, migrates it, then runs ``dzone simulate`` (unless DISCORD_BOT_TOKEN is
 set: then real Discord), ``dzone ingest`` and ``dzone serve`` as child processes, waits for each to be
 ready by polling, and prints what to open. Ctrl-C or SIGTERM stops the children (by PID, newest first)
-and removes everything the demo created. Child logs go to files in a temporary directory, shown on failure.
+and removes everything the demo created. Child logs go to files in a temporary directory, shown on failure
+and then kept (the message says where).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import asyncpg
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from dzone.localdb import LocalDBError, LocalPostgres
+from dzone.localdb import LocalDBError, LocalPostgres, free_port
 from shared.db import migrate, redacted
 from shared.errors import DzoneError
 from shared.settings import ConfigError, DatabaseSettings, load
@@ -108,15 +109,17 @@ class Demo:
                 raise DemoError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")
             self.stop_requested.wait(0.2)
 
-    def stop(self) -> None:
-        """Stop every child (newest first), then the embedded database, then remove the work directory."""
+    def stop(self, *, keep_logs: bool = False) -> None:
+        """Stop every child (newest first), then the embedded database, then remove the work directory
+        (unless ``keep_logs``: after a failure the child logs stay for the operator to read)."""
         for child in reversed(self.children):
             terminate(child.process)
         self.children.clear()
         if self.database is not None:
             self.database.stop()
             self.database = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def terminate(process: subprocess.Popen[bytes]) -> None:
@@ -320,18 +323,24 @@ def demo(
         raise click.ClickException(f"port {port} on {host} is in use: stop what runs there or pass --port")
 
     demo_run = Demo(workdir=Path(tempfile.mkdtemp(prefix="dzone-demo-")))
+    failed = True
     with signals_set(demo_run.stop_requested):
         try:
             run(demo_run, options, database_url=database_url, real_token=real_token)
+            failed = False
         except Interrupted:
             click.echo("\ninterrupted")
+            failed = False
         except (DemoError, LocalDBError) as exc:
             click.echo("")
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{exc}\n(child logs kept in {demo_run.workdir})") from None
         finally:
             click.echo("stopping: serve, ingest, simulator, database …", nl=False)
-            demo_run.stop()
-            click.echo(" done; temporary files removed")
+            demo_run.stop(keep_logs=failed)
+            if failed:
+                click.echo(f" done; temporary database removed, child logs kept in {demo_run.workdir}")
+            else:
+                click.echo(" done; temporary files removed")
 
 
 def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_token: str) -> None:
@@ -398,7 +407,8 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
         progress.done(exports["DZONE_DISCORD_API_BASE"])
 
     progress.begin("ingest: syncing guilds into PostgreSQL")
-    demo_run.spawn("ingest", ["ingest"], env)
+    ingest_port = free_port()  # not the fixed 8081: another ingest or demo may hold it
+    demo_run.spawn("ingest", ["ingest", "--http-port", str(ingest_port)], env)
     if real_token:  # a real bot may be in any number of guilds, including none yet
         demo_run.wait_until(
             "the ingest's first server", lambda: server_count(database_url) >= 1, options.ready_timeout
@@ -430,6 +440,7 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
     click.echo(f"  d-zone front end: add ?socketURL={base.replace('http', 'ws', 1)}/ws to its URL")
     click.echo(f"  Inspect: DATABASE_URL={database_url} dzone status")
     click.echo(f"  Health: {base}/readyz   Metrics: {base}/metrics")
+    click.echo(f"  Ingest: http://127.0.0.1:{ingest_port}/readyz   http://127.0.0.1:{ingest_port}/metrics")
     click.echo(f"  Processes: {pids}")
     click.echo("  Ctrl-C stops everything and removes what the demo created.")
     while not demo_run.stop_requested.wait(0.5):

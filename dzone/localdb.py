@@ -74,7 +74,8 @@ def _pgserver_bindirs() -> list[Path]:
     return [Path(loc) / "pginstall" / "bin" for loc in spec.submodule_search_locations]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -158,7 +159,7 @@ class LocalPostgres:
 
     def _launch(self) -> None:
         assert self._dir is not None and self.bindir is not None
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         args = [
             str(self.bindir / "postgres"),
             "-D",

@@ -110,7 +110,7 @@ def ingest(
     from ingest.worker import IngestError, IngestWorker
     from shared.logs import configure
 
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, traceback_locals=settings.log_traceback_locals)
     try:
         asyncio.run(_main(IngestWorker(settings)))
     except IngestError as exc:

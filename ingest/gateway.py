@@ -4,7 +4,7 @@ discord.py keeps the gateway (identify, heartbeats, resume, sharding, zlib-strea
 guild, channel and role cache, and the ready/chunking logic. Members are ours: the hot events
 (PRESENCE_UPDATE, GUILD_MEMBER_ADD/UPDATE/REMOVE, GUILD_MEMBERS_CHUNK, the members and presences of
 GUILD_CREATE) are parsed from their raw payloads into :mod:`ingest.members` by entries we put in
-discord.py's parser table (``ConnectionState.parsers``, an internal: tests/test_ingest_lean.py fails
+discord.py's parser table (``ConnectionState.parsers``, an internal: tests/test_discordpy_internals.py fails
 when it changes). discord.py's member cache is off, so it builds no ``Member`` per event.
 
 The other handlers run synchronously inside :meth:`IngestClient.dispatch` instead of discord.py's

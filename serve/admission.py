@@ -16,6 +16,7 @@ from serve.frames import ConnectRequest
 from serve.oauth import AuthRejected, AuthThrottled, AuthUnavailable, DiscordIdentity
 from serve.providers import ProviderError
 from serve.world import ServerInfo
+from shared import redaction
 from shared.settings import ServeSettings
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,10 @@ class Admission:
         token = request.discord_token
         if token is None:
             return frames.ERR_AUTH_REQUIRED, None
+        if redaction.TOKEN_SHAPE.fullmatch(token) is None:  # not a Discord token: no call, nothing to hide
+            log.info("discord_auth_refused", server=info.key, reason="not the shape of a Discord OAuth token")
+            return frames.ERR_AUTH_FAILED, None
+        redaction.add_transient(token)  # from here on it may reach a traceback: never a log line
         if self._callbacks.validate_discord_user is not None:
             try:
                 ok = await providers.call_provider(

@@ -32,7 +32,7 @@ from shared.settings import ConfigError, ServeSettings, load
     default=None,
     envvar="DZONE_STATIC_DIR",
     show_envvar=True,
-    help="Serve this directory (a d-zone build) at / instead of the built-in status page.",
+    help="Serve this directory (a d-zone build) at / instead of the built-in live view.",
 )
 def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
     """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them.
@@ -56,7 +56,7 @@ def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
         raise click.ClickException(f"--static-dir {settings.static_dir}: no index.html there")
     if not settings.database_url:
         raise click.ClickException("DATABASE_URL is not set (try: dzone localdb, then export its URL)")
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, traceback_locals=settings.log_traceback_locals)
     server = WebSocketServer(port=settings.port, host=settings.host, settings=settings)
     try:
         asyncio.run(server.run_forever())

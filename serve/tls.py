@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from shared import redaction
 from shared.errors import DzoneError
 
 log = structlog.get_logger(__name__)
@@ -40,9 +41,11 @@ class CertificateFiles:
 
 def _read_password(path: Path) -> bytes:
     try:
-        return path.read_bytes().rstrip(b"\r\n")
+        password = path.read_bytes().rstrip(b"\r\n")
     except OSError as exc:
         raise CertificateError(f"DZONE_TLS_KEY_PASSWORD_FILE {path}: {exc.strerror or exc}") from None
+    redaction.add(password.decode(errors="replace"))
+    return password
 
 
 def _check_readable(path: Path, variable: str) -> None:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared import redaction
 from shared.discord_rules import DISCORD_API_BASE
 from shared.errors import DzoneError
 
@@ -70,6 +71,7 @@ class DatabaseSettings(_Base):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+    log_traceback_locals: bool = False  # debugging: each frame's local variables in tracebacks (redacted)
 
     _url = field_validator("database_url")(_check_database_url)
 
@@ -203,9 +205,14 @@ def _variable_name(cls: type[BaseSettings], field: str) -> str:
 
 
 def load(cls: type[S], **overrides: Any) -> S:  # Any: keywords pydantic validates
-    """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable."""
+    """Read ``cls`` from the environment; raise :class:`ConfigError` naming each bad variable.
+
+    Its secrets (every ``SecretStr``, the password in ``DATABASE_URL``, ``PGPASSWORD``) are registered
+    with :mod:`shared.redaction` before anything can log them.
+    """
+    redaction.add_environment()
     try:
-        return cls(**overrides)
+        settings = cls(**overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -214,3 +221,9 @@ def load(cls: type[S], **overrides: Any) -> S:  # Any: keywords pydantic validat
                 continue
             problems.append(f"{_variable_name(cls, str(error['loc'][0]))}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            redaction.add(value.get_secret_value())
+    redaction.add_url_password(getattr(settings, "database_url", None))
+    return settings

@@ -36,7 +36,13 @@ from simulator.discordpy import API_BASE_VARIABLE, GATEWAY_URL_VARIABLE
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Same seed, same world and event sequence."
 )
-@click.option("--bot-token", default=None, envvar="DZONE_SIM_BOT_TOKEN", help="Accept only this bot token.")
+@click.option(
+    "--bot-token",
+    default=None,
+    envvar="DZONE_SIM_BOT_TOKEN",
+    show_envvar=True,
+    help="Accept only this bot token (default: any non-empty token).",
+)
 @click.option(
     "--shards",
     "recommended_shards",
@@ -63,8 +69,10 @@ def simulate(
     log_level: str,
 ) -> None:
     """Run a local Discord (REST + gateway + /_sim/ control API) for the ingest, demos and tests."""
+    from shared import redaction
     from shared.logs import configure
 
+    redaction.add(bot_token)  # the token the simulator accepts is the bot's: never printed either
     configure(log_level)
     sizes: list[int] | None = None
     if guild_sizes:

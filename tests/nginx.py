@@ -22,15 +22,17 @@ from tests.certs import ServerPair
 from tests.serve_process import free_port, http_status
 
 RECIPE = Path(__file__).resolve().parent.parent / "deploy" / "nginx-dzone.conf"
+# The upstream of the recipe: every host port of compose's DZONE_SERVE_PORTS default, 3000-3009.
+RECIPE_UPSTREAMS = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in range(3000, 3010))
 
 
 def render_recipe(https_port: int, http_port: int, upstream_ports: list[int], pair: ServerPair) -> str:
     text = RECIPE.read_text()
-    upstreams = "".join(f"    server 127.0.0.1:{port};\n" for port in upstream_ports)
+    upstreams = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in upstream_ports)
     swaps = {
         "    listen 443 ssl;\n": f"    listen 127.0.0.1:{https_port} ssl;\n",
         "    listen 80;\n": f"    listen 127.0.0.1:{http_port};\n",
-        "    server 127.0.0.1:3000;\n": upstreams,
+        RECIPE_UPSTREAMS: upstreams,
         "/etc/letsencrypt/live/dzone.example.org/fullchain.pem;": f"{pair.cert_file};",
         "/etc/letsencrypt/live/dzone.example.org/privkey.pem;": f"{pair.key_file};",
     }

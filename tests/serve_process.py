@@ -77,9 +77,11 @@ def serve_process(
     log_dir: Path,
     env: dict[str, str] | None = None,
     client_tls: ssl.SSLContext | None = None,
+    port: int | None = None,
 ) -> Iterator[ServeProcess]:
-    """``dzone serve`` with ``env`` added; ``client_tls`` (trusting the test CA) when it serves TLS."""
-    port = free_port()
+    """``dzone serve`` with ``env`` added, on ``port`` (default: a free one); ``client_tls`` (trusting the
+    test CA) when it serves TLS."""
+    port = port or free_port()
     log = log_dir / f"serve-{port}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "DZONE_DRAIN_S": "0", **(env or {})}
     with open(log, "wb") as out:

@@ -1,5 +1,7 @@
-"""docker-compose.yml without a Docker engine: every command is a real ``dzone`` invocation, every
-variable it needs is provided, and the services wait for each other and report health."""
+"""docker-compose.yml without a Docker engine: valid under the Compose Specification's JSON schema,
+every command a real ``dzone`` invocation, every variable it needs provided once .env is filled in (and
+not before), ports on loopback, each secret where it belongs, services that wait for each other and
+report health, and logs that stay bounded."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import click
+import jsonschema
+import orjson
 import pytest
 import yaml
 from pydantic import AliasChoices
@@ -37,6 +41,10 @@ LIBPQ_VARIABLES = {"PGPASSWORD"}  # read by asyncpg (and so by alembic) when the
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+# The Compose Specification's schema, copied with its source and commit: tests/data/README.md.
+COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+# What an operator writes into the two empty required lines of .env.example.
+FILLED_IN = {"DISCORD_BOT_TOKEN": "MTIz.filled-in.token", "POSTGRES_PASSWORD": "filled-in-password"}
 
 # The settings class each subcommand loads: what its environment must satisfy.
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
@@ -57,6 +65,11 @@ def _env_example() -> dict[str, str]:
             assert sep, f".env.example line without '=': {line!r}"
             values[key.strip()] = value.strip()
     return values
+
+
+def _env_filled() -> dict[str, str]:
+    """.env.example once the operator has filled in the secrets."""
+    return {**_env_example(), **FILLED_IN}
 
 
 def _interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -92,7 +105,7 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    resolved = _interpolate(raw, _env_example())
+    resolved = _interpolate(raw, _env_filled())
     return {name: svc for name, svc in resolved["services"].items()}
 
 
@@ -133,7 +146,7 @@ def test_each_service_environment_satisfies_its_settings(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env file joins in
-    env_file = _env_example()
+    env_file = _env_filled()
     for name, svc in _dzone_services(services).items():
         subcommand = svc["command"][1]
         environment = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
@@ -178,7 +191,7 @@ SECRETS_OF = {
 
 
 def test_each_service_gets_only_the_secrets_it_needs(services: dict[str, dict[str, Any]]) -> None:
-    env_file = _env_example()
+    env_file = _env_filled()
     for name, svc in services.items():
         environment = svc.get("environment") or {}
         assert set(environment) & SECRETS == SECRETS_OF[name], name
@@ -192,8 +205,74 @@ def test_each_service_gets_only_the_secrets_it_needs(services: dict[str, dict[st
             assert environment["PGPASSWORD"] == env_file["POSTGRES_PASSWORD"]
 
 
+def test_the_file_is_valid_under_the_compose_specification(raw: dict[str, Any]) -> None:
+    """Compose validates the file after interpolation; so does this test, with the schema's own draft."""
+    schema = orjson.loads(COMPOSE_SCHEMA.read_bytes())
+    validator = jsonschema.Draft7Validator(schema)
+    # the schema is what it says it is (a bad copy would validate anything)
+    assert schema["title"] == "Compose Specification"
+    assert list(validator.iter_errors({"services": {"x": {"restart": 5}}}))
+    errors = sorted(validator.iter_errors(_interpolate(raw, _env_filled())), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize("left_empty", sorted(FILLED_IN))
+def test_the_unedited_example_cannot_start(raw: dict[str, Any], left_empty: str) -> None:
+    """.env.example leaves the secrets empty: compose's ${...:?} guards stop it, naming the variable."""
+    env = {**_env_filled(), left_empty: _env_example()[left_empty]}
+    assert env[left_empty] == ""
+    with pytest.raises(AssertionError, match=rf"required \$\{{{left_empty}\}}"):
+        _interpolate(raw, env)
+
+
+def test_published_ports_are_on_loopback_unless_switched(raw: dict[str, Any]) -> None:
+    for name, svc in _interpolate(raw, _env_filled())["services"].items():
+        for mapping in svc.get("ports") or []:
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+    switched = _interpolate(raw, {**_env_filled(), "DZONE_PUBLISH_ADDRESS": "0.0.0.0"})
+    assert switched["services"]["serve"]["ports"] == ["0.0.0.0:3000-3009:3000"]
+    assert "DZONE_PUBLISH_ADDRESS" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_the_serve_trusts_the_compose_network_it_is_reached_through(raw: dict[str, Any]) -> None:
+    """nginx on the host reaches a replica via Docker's published port: the peer is the network's gateway."""
+    resolved = _interpolate(raw, _env_filled())
+    subnet = resolved["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert resolved["services"]["serve"]["environment"]["DZONE_TRUSTED_PROXIES"] == subnet
+    import ipaddress
+
+    gateway = next(ipaddress.ip_network(subnet).hosts())  # Docker's default gateway: the first address
+    settings = ServeSettings(trusted_proxies=subnet)
+    assert any(gateway in network for network in settings.trusted_proxies)
+
+
+def test_every_container_log_is_bounded(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        logging = svc.get("logging") or {}
+        assert logging.get("driver") == "json-file", f"{name}: no bounded log driver"
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_the_documented_rolling_restart_migrates_first(services: dict[str, dict[str, Any]]) -> None:
+    """docs/deploy.md's procedure runs the migrate service before any new replica starts."""
+    steps = _rolling_restart_commands()
+    migrate_at = steps.index("docker compose run --rm migrate")
+    scale_at = next(i for i, step in enumerate(steps) if "--scale serve=" in step)
+    assert migrate_at < scale_at, steps
+    assert services["migrate"]["command"] == ["dzone", "migrate"]
+
+
+def _rolling_restart_commands() -> list[str]:
+    """The shell lines (comments cut) of deploy.md's rolling restart code block."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("## Rolling restart with docker-compose") :]
+    block = section[section.index("```sh") + len("```sh") : section.index("```", section.index("```sh") + 5)]
+    return [line.split("  #")[0].strip() for line in block.strip().splitlines() if line.strip()]
+
+
 def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
-    assert "healthcheck" in services["postgres"]
+    for name in ("postgres", "ingest", "serve"):  # migrate is a one-shot: its exit code is its health
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
     for name in ("ingest", "serve"):
@@ -316,3 +395,13 @@ def _require_password_for(pg: Any, role: str) -> bool:
         hba.write_text(rule + hba.read_text())
     asyncio.run(_admin(pg.admin_url, "SELECT pg_reload_conf()"))
     return True
+
+
+def test_the_nginx_recipe_lists_every_published_port(services: dict[str, dict[str, Any]]) -> None:
+    """A rolling restart moves replicas to other ports of the range: nginx must know them all."""
+    from tests.nginx import RECIPE, RECIPE_UPSTREAMS
+
+    published = str(services["serve"]["ports"][0]).split(":")[1]
+    first, last = (int(port) for port in published.split("-"))
+    expected = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in range(first, last + 1))
+    assert expected == RECIPE_UPSTREAMS and expected in RECIPE.read_text()

@@ -286,7 +286,10 @@ def test_demo_explains_an_unreachable_database() -> None:
     output = _demo_fails(["--port", str(_free_port())], env)
     assert "cannot migrate the database at postgresql://u:***@127.0.0.1:1/x" in output
     assert "secret" not in output
-    assert "temporary files removed" in output
+    # a failure keeps the child logs (as the docs say) and says where
+    kept = re.search(r"child logs kept in (\S+)", output)
+    assert kept and Path(kept.group(1)).is_dir(), output
+    shutil.rmtree(kept.group(1))
 
 
 def test_demo_refuses_a_port_in_use() -> None:

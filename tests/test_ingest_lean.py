@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-import discord.gateway
 from structlog.testing import capture_logs
 
-from ingest.gateway import LEAN_PARSERS, IngestClient
+from ingest.gateway import IngestClient
 from ingest.mapping import MemberRow, RoleView
 from ingest.members import BOT, GuildMembers
 from ingest.payloads import MemberPayload, UserPayload
@@ -56,32 +54,6 @@ def client_with(members: GuildMembers) -> tuple[IngestClient, Recorder]:
 
 def presence(user_id: int, status: str, **extra: Any) -> dict[str, Any]:
     return {"guild_id": str(GUILD), "user": {"id": str(user_id)}, "status": status, **extra}
-
-
-def test_discord_py_internals_the_lean_path_relies_on() -> None:
-    # If a discord.py upgrade changes these, the ingest would silently get no members: fail here instead.
-    client = IngestClient(
-        include_bots=False, relay_messages=False, shard_count=1, shard_ids=None, guild_ready_timeout=0.1
-    )
-    parsers = client._connection.parsers
-    assert set(LEAN_PARSERS) <= set(parsers), "discord.py renamed a gateway parser"
-    for name in LEAN_PARSERS:
-        assert parsers[name].__qualname__.endswith("_guarded.<locals>.guarded"), f"{name} is not ours"
-        assert getattr(client._discord_parsers[name], "__self__", None) is client._connection  # the original
-    # The websocket reads the very dict we changed (not a copy made before our entries went in).
-    assert "ws._discord_parsers = client._connection.parsers" in inspect.getsource(
-        discord.gateway.DiscordWebSocket.from_client
-    )
-    assert "func = self._discord_parsers[event]" in inspect.getsource(
-        inspect.unwrap(
-            discord.gateway.DiscordWebSocket.received_message
-        )  # under ingest/fairness.py's wrapper
-    )
-    signature = inspect.signature(client._connection.process_chunk_requests)
-    assert list(signature.parameters) == ["guild_id", "nonce", "members", "complete"]
-    assert callable(client._connection._get_guild) and hasattr(client._connection, "self_id")
-    assert client._connection.member_cache_flags.value == 0  # discord.py caches no members
-    assert client._connection._chunk_guilds is True  # discord.py still requests the chunks
 
 
 def test_a_member_is_four_references_and_role_sets_are_shared() -> None:

@@ -50,7 +50,10 @@ def admission(
     return Admission(settings, cast(DiscordIdentity, StubIdentity(identity)), Registered(validate), is_member)
 
 
-def connect(token: str | None = "token") -> ConnectRequest:
+TOKEN = "member-oauth-token"  # Discord's tokens are longer; the shape is what the serve checks
+
+
+def connect(token: str | None = TOKEN) -> ConnectRequest:
     return ConnectRequest(server="club", discord_token=token, discord_user={"id": MEMBER})
 
 
@@ -79,17 +82,28 @@ async def test_no_token_is_asked_to_log_in_without_calling_anyone():
     )
 
 
+@pytest.mark.parametrize("token", ["short", "has spaces in it", "x" * 513, "tok\u00e9n-with-accent"])
+async def test_a_token_not_shaped_like_discords_is_refused_without_calling_anyone(token):
+    """Nothing to hide in logs then (shared/redaction.py finds held tokens by this shape), and no call."""
+
+    async def validate(token: str, user: dict[str, Any], key: str) -> bool:
+        raise AssertionError("the callback must not be called")
+
+    for gate in (admission(AuthUnavailable("must not be called")), admission(validate=validate)):
+        assert await gate.authorize(INFO, connect(token)) == (frames.ERR_AUTH_FAILED, None)
+
+
 async def test_a_registered_callback_decides_and_names_no_user():
     calls: list[tuple[str, dict[str, Any], str]] = []
 
     async def validate(token: str, user: dict[str, Any], key: str) -> bool:
         calls.append((token, user, key))
-        return token == "token"
+        return token == TOKEN
 
     gate = admission(AuthUnavailable("Discord is not asked"), validate)
     assert await gate.authorize(INFO, connect()) == (None, None)
-    assert await gate.authorize(INFO, connect("other")) == (frames.ERR_AUTH_FAILED, None)
-    assert calls[0] == ("token", {"id": MEMBER}, "1")
+    assert await gate.authorize(INFO, connect("other-oauth-token")) == (frames.ERR_AUTH_FAILED, None)
+    assert calls[0] == (TOKEN, {"id": MEMBER}, "1")
 
 
 async def test_a_callback_that_hangs_counts_as_unavailable():
