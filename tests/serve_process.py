@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -83,6 +84,10 @@ def serve_process(
     test CA) when it serves TLS."""
     port = port or free_port()
     log = log_dir / f"serve-{port}.log"
+    for n in itertools.count(2):  # a replacement on the same port keeps its own log
+        if not log.exists():
+            break
+        log = log_dir / f"serve-{port}-{n}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "DZONE_DRAIN_S": "0", **(env or {})}
     with open(log, "wb") as out:
         process = subprocess.Popen(
