@@ -10,7 +10,10 @@ source so tests can hold the serve to what a real page does (docs/protocol.md, P
 * the start-up server and the login hold (src/main.ts:521-528, ``joinServer`` :702, ``getStartupServer``);
 * the socket strategies: ``socketURL``, ``wss://<hostname><path>/ws``, then the author's server, tried one
   after the other on each close or error (src/main.ts:383-407, :668-690). The model records every URL it
-  would open and opens only loopback ones.
+  would open and opens only loopback ones;
+* with ``reconnect_script``, the page as ``dzone serve --static-dir`` serves it (serve/web/dzone-reconnect.js):
+  a socket that opened reconnects to the same URL with the script's backoff, the new server-list is
+  swallowed and the last ``connect`` sent again, the page never sees the close; other hosts are never opened.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import asyncio
 import contextlib
 import math
 import random
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 HERMES = "wss://hermes.nntin.xyz/dzone"
+# serve/web/dzone-reconnect.js
+FIRST_RETRY_S = 0.25
+MAX_RETRY_S = 10.0
+FIRST_OPEN_PATIENCE_S = 10.0
 
 
 def world_side(count: int) -> int:
@@ -99,6 +107,8 @@ class DzoneClient:
         token: str = "token",
         seed: int = 1,
         local_storage: dict[str, str] | None = None,
+        reconnect_script: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.page = urlsplit(page_url)
         self.params = dict(p.split("=", 1) for p in self.page.query.split("&") if "=" in p)
@@ -110,6 +120,7 @@ class DzoneClient:
         self.strategies += [f"wss://{self.page.hostname}{self.page.path.rstrip('/')}/ws", HERMES]
         self.opened: list[str] = []  # every URL the page would open a socket to, in order
         self.failures: list[str] = []
+        self.unopened: list[str] = []  # sockets that never opened (refused, an HTTP error, a timeout)
         self.servers: dict[str, dict[str, Any]] | None = None
         self.server: str | None = None
         self.figures: dict[str, dict[str, Any]] = {}
@@ -121,6 +132,14 @@ class DzoneClient:
         self.sent: list[dict[str, Any]] = []
         self.ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self.reconnect_script = reconnect_script
+        self.tls = tls
+        self.own_hosts = {self.page.hostname} | {urlsplit(u).hostname for u in self.strategies[:-2]}
+        self.blocked: list[str] = []  # URLs the script kept the page from opening
+        self.last_connect: str | None = None
+        self.outages: list[float] = []  # seconds from a socket's close to the next one's open
+        self.rejoin_gaps: list[float] = []  # seconds from a socket's close to the fresh server-join
+        self._closed_at: float | None = None
 
     # ------------------------------------------------------------ the socket
 
@@ -139,24 +158,72 @@ class DzoneClient:
 
     async def _run(self) -> None:
         for url in self.strategies:
+            if self.reconnect_script and urlsplit(url).hostname not in self.own_hosts:
+                self.blocked.append(url)
+                return  # the script never opens it: the page waits with its last town
             self.opened.append(url)
             if urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
                 await asyncio.sleep(1.0)  # not ours: the model never opens it; the page would, then move on
                 continue
-            try:
-                async with connect(url, open_timeout=5, max_size=None) as ws:
-                    self.ws = ws
-                    async for raw in ws:
-                        self.on_frame(orjson.loads(raw))
-            except (TimeoutError, OSError, ConnectionClosed) as exc:
-                self.failures.append(f"{url}: {exc!r}")  # the page logs it and moves on
+            if self.reconnect_script:
+                await self._keep_open(url)
+            else:
+                await self._socket(url, reconnected=False)
             self.ws = None
             await asyncio.sleep(1.0)  # src/main.ts:674
 
+    async def _socket(self, url: str, reconnected: bool) -> bool:
+        """One socket until it closes; whether it opened. ``reconnected``: the script swallows the new
+        server-list and sends the page's last ``connect`` again."""
+        loop = asyncio.get_running_loop()
+        opened = False
+        try:
+            async with connect(url, open_timeout=5, max_size=None, ssl=self.tls) as ws:
+                opened, self.ws = True, ws
+                if reconnected:
+                    self.opened.append(url)
+                    if self._closed_at is not None:
+                        self.outages.append(loop.time() - self._closed_at)
+                swallow = reconnected and self.servers is not None
+                try:
+                    async for raw in ws:
+                        frame = orjson.loads(raw)
+                        if swallow and frame.get("type") == "server-list":
+                            if self.last_connect is not None:
+                                await ws.send(self.last_connect)
+                        else:
+                            self.on_frame(frame)
+                        swallow = False
+                finally:
+                    self.ws = None
+                    self._closed_at = loop.time()
+        except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as exc:
+            self.failures.append(f"{url}: {exc!r}")  # the page logs it and moves on
+            if not opened:
+                self.unopened.append(f"{url}: {exc!r}")
+        return opened
+
+    async def _keep_open(self, url: str) -> None:
+        """The reconnect script: the same URL again with its backoff, for good once a socket has opened."""
+        loop = asyncio.get_running_loop()
+        started, attempt, ever_open = loop.time(), 0, False
+        while True:
+            if await self._socket(url, reconnected=ever_open):
+                ever_open, attempt = True, 0
+            elif not ever_open and loop.time() - started > FIRST_OPEN_PATIENCE_S:
+                return  # handed back to the page, which moves on
+            bound = min(MAX_RETRY_S, FIRST_RETRY_S * 2**attempt)
+            jittered = bound / 2 + self.rng.random() * bound / 2
+            await asyncio.sleep(self.rng.random() * bound if attempt == 0 else jittered)
+            attempt += 1
+
     async def _send(self, frame: dict[str, Any]) -> None:
         self.sent.append(frame)
+        text = orjson.dumps(frame).decode()
+        if frame["type"] == "connect":
+            self.last_connect = text
         if self.ws is not None:
-            await self.ws.send(orjson.dumps(frame).decode())
+            await self.ws.send(text)
 
     # ------------------------------------------------------------ what the page does with a frame
 
@@ -172,6 +239,8 @@ class DzoneClient:
                 self.pending_join = startup
         elif kind == "server-join":
             assert isinstance(data, dict)
+            if self._closed_at is not None and len(self.rejoin_gaps) < len(self.outages):
+                self.rejoin_gaps.append(asyncio.get_running_loop().time() - self._closed_at)
             self.server = data["request"]["server"]
             self.local_storage["dzone-default-server"] = self.server
             self.joins += 1

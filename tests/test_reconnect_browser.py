@@ -14,6 +14,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -59,8 +60,8 @@ next();
 """
 
 
-def _page(driver: object) -> dict[str, object]:
-    return driver.execute_script(  # type: ignore[attr-defined,no-any-return]
+def _page(driver: Any) -> dict[str, Any]:
+    return driver.execute_script(  # type: ignore[no-any-return]
         "return Object.assign({}, window.page, {state: window.ws && window.ws.readyState,"
         " reconnect: window.dzoneReconnect});"
     )

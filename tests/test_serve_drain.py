@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.serve_process import ServeProcess, http_status, serve_process
+from tests.serve_process import ServeProcess, serve_process, stops_accepting
 from tests.test_serve_support import Viewer, add_server, add_users
 from tests.waiting import wait_for
 
@@ -45,19 +45,6 @@ async def joined(serve: ServeProcess) -> AsyncIterator[Viewer]:
         await viewer.expect("server-list")
         await viewer.join()
         yield viewer
-
-
-async def status_of(url: str) -> int | None:
-    return await asyncio.to_thread(http_status, url)
-
-
-async def stops_accepting(serve: ServeProcess) -> None:
-    """The signal closes the listener: nothing answers on the port any more (no replacement yet)."""
-
-    async def refused() -> bool:
-        return await status_of(f"{serve.base}/healthz") is None
-
-    await wait_for(refused, timeout=5, message="the port to refuse connections")
 
 
 async def close_code(viewer: Viewer, timeout: float) -> int | None:
