@@ -270,6 +270,7 @@ class WebSocketServer:
             ),
             server_header=None,
             ssl=self.tls.context if self.tls else None,
+            select_subprotocol=handover.select_subprotocol,
             reuse_port=True,  # a replacement binds this port while we drain (docs/deploy.md, "Restarts")
         )
         self._bound_port = int(next(iter(self._server.sockets)).getsockname()[1])
@@ -346,16 +347,22 @@ class WebSocketServer:
         await self.close()
 
     async def _hand_over(self, deadline: float) -> None:
-        """Wait for a replacement on our port, then close our viewers with 1012 spread up to ``deadline``."""
+        """Wait for a replacement on our port, then close the viewers that come back (our reconnect script)
+        with 1012 spread up to ``deadline``; the others keep their socket to the end of the drain."""
         loop = asyncio.get_running_loop()
         host = handover.probe_host(self.settings.host)
         if not await handover.wait_for_replacement(host, self.port, self.tls is not None, deadline):
             log.info("no_replacement", port=self.port)
             return
-        viewers = list(self._hub.sessions) if self._hub else []
+        sockets = len(self._hub.sessions) if self._hub else 0
+        viewers = [ws for ws in self._hub.sessions if handover.comes_back(ws)] if self._hub else []
         times = handover.spread(len(viewers), loop.time(), deadline)
         log.info(
-            "handing_over", port=self.port, viewers=len(viewers), over_s=round(deadline - loop.time(), 2)
+            "handing_over",
+            port=self.port,
+            viewers=len(viewers),
+            staying=sockets - len(viewers),
+            over_s=round(deadline - loop.time(), 2),
         )
         for ws, at in zip(viewers, times, strict=True):
             await asyncio.sleep(max(at - loop.time(), 0))

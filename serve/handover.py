@@ -2,17 +2,25 @@
 
 Every serve binds its port with SO_REUSEPORT, so a new one can bind while the old one drains. The draining
 serve has closed its own listener; whoever answers ``/readyz`` 200 on its address from then on is a
-replacement, ready for the viewers it closes one by one over the rest of the drain.
+replacement, ready for the viewers it closes one by one over the rest of the drain: those whose page runs
+our reconnect script (serve/web/dzone-reconnect.js offers the subprotocol ``RECONNECTS``, which we select),
+who come back.
+The others would move to their next socket URL, so they keep their socket until the drain ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 
 import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.typing import Subprotocol
 
 log = structlog.get_logger(__name__)
+
+RECONNECTS = "dzone-reconnect"
 
 PROBE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 2.0  # one probe: connect, request, status line
@@ -57,6 +65,17 @@ async def wait_for_replacement(host: str, port: int, tls: bool, deadline: float)
             return True
         await asyncio.sleep(min(PROBE_INTERVAL_S, max(deadline - loop.time(), 0)))
     return False
+
+
+def select_subprotocol(_ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Accept our script's subprotocol when offered (a browser fails a socket whose offer is not answered);
+    any other offer, or none, continues without one, as d-back does."""
+    return Subprotocol(RECONNECTS) if RECONNECTS in offered else None
+
+
+def comes_back(ws: ServerConnection) -> bool:
+    """The viewer's page runs our reconnect script: it reconnects to the same URL when closed."""
+    return ws.subprotocol == RECONNECTS
 
 
 def spread(count: int, start: float, end: float) -> list[float]:

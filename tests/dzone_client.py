@@ -12,7 +12,7 @@ source so tests can hold the serve to what a real page does (docs/protocol.md, P
   after the other on each close or error (src/main.ts:383-407, :668-690). The model records every URL it
   would open and opens only loopback ones;
 * with ``reconnect_script``, the page as ``dzone serve --static-dir`` serves it (serve/web/dzone-reconnect.js):
-  a socket that opened reconnects to the same URL with the script's backoff, the new server-list is
+  it offers the subprotocol ``dzone-reconnect``; a socket that opened reconnects to the same URL with the script's backoff, the new server-list is
   swallowed and the last ``connect`` sent again, the page never sees the close; other hosts are never opened.
 """
 
@@ -29,6 +29,9 @@ from urllib.parse import urlsplit
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.typing import Subprotocol
+
+from serve.handover import RECONNECTS
 
 HERMES = "wss://hermes.nntin.xyz/dzone"
 # serve/web/dzone-reconnect.js
@@ -178,7 +181,8 @@ class DzoneClient:
         loop = asyncio.get_running_loop()
         opened = False
         try:
-            async with connect(url, open_timeout=5, max_size=None, ssl=self.tls) as ws:
+            offered = [Subprotocol(RECONNECTS)] if self.reconnect_script else None
+            async with connect(url, open_timeout=5, max_size=None, ssl=self.tls, subprotocols=offered) as ws:
                 opened, self.ws = True, ws
                 if reconnected:
                     self.opened.append(url)

@@ -20,8 +20,10 @@ import asyncpg
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
-from tests.serve_process import ServeProcess, serve_process, stops_accepting
+from serve.handover import RECONNECTS
+from tests.serve_process import ServeProcess, serve_process, serve_process_async, stops_accepting
 from tests.test_serve_support import Viewer, add_server, add_users
 from tests.waiting import wait_for
 
@@ -39,8 +41,10 @@ async def seed(database_url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def joined(serve: ServeProcess) -> AsyncIterator[Viewer]:
-    async with connect(serve.ws_url, open_timeout=10) as ws:
+async def joined(serve: ServeProcess, comes_back: bool = False) -> AsyncIterator[Viewer]:
+    """A joined viewer; ``comes_back``: offers the subprotocol of our reconnect script, as its page does."""
+    offered = [Subprotocol(RECONNECTS)] if comes_back else None
+    async with connect(serve.ws_url, open_timeout=10, subprotocols=offered) as ws:
         viewer = Viewer(ws)
         await viewer.expect("server-list")
         await viewer.join()
@@ -98,46 +102,53 @@ async def test_sigterm_drains_then_closes_with_1001_and_exits_0(database_url: st
 async def test_a_replacement_on_the_port_takes_the_viewers_spread_over_the_drain(
     database_url: str, tmp_path: Path
 ) -> None:
-    """A new serve on the same port (SO_REUSEPORT) while the old drains: the old closes its viewers with 1012
-    only once the new one answers, one by one over the rest of the drain; each reconnects to the port."""
+    """A new serve on the same port (SO_REUSEPORT) while the old drains: the old closes the viewers whose page
+    comes back with 1012 only once the new one answers, one by one over the rest of the drain; each
+    reconnects to the port. A viewer without our script keeps its socket to the end of the drain (1001)."""
     drain_s, count = 10.0, 3
     await seed(database_url)
-    with serve_process(database_url, tmp_path, {"DZONE_DRAIN_S": str(drain_s)}) as old:
-        async with contextlib.AsyncExitStack() as stack:
-            viewers = [await stack.enter_async_context(joined(old)) for _ in range(count)]
-            signalled = time.monotonic()
-            old.process.send_signal(signal.SIGTERM)
-            await stops_accepting(old)
-            # nobody to hand over to: the viewers are kept, changes included
-            uid = next(iter(USERS))
-            conn = await asyncpg.connect(database_url)
-            try:
-                await conn.execute("UPDATE discord_users SET status = 'idle' WHERE user_id = $1", uid)
-            finally:
-                await conn.close()
-            for viewer in viewers:
-                await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
-            with serve_process(database_url, tmp_path, port=old.port) as new:
-                ready_at = time.monotonic() - signalled
+    async with (
+        serve_process_async(database_url, tmp_path, {"DZONE_DRAIN_S": str(drain_s)}) as old,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        viewers = [await stack.enter_async_context(joined(old, comes_back=True)) for _ in range(count)]
+        plain = await stack.enter_async_context(joined(old))
+        signalled = time.monotonic()
+        old.process.send_signal(signal.SIGTERM)
+        await stops_accepting(old)
+        # nobody to hand over to: the viewers are kept, changes included
+        uid = next(iter(USERS))
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE discord_users SET status = 'idle' WHERE user_id = $1", uid)
+        finally:
+            await conn.close()
+        for viewer in [*viewers, plain]:
+            await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
+        async with serve_process_async(database_url, tmp_path, port=old.port) as new:
+            ready_at = time.monotonic() - signalled
 
-                async def closed_then_back(viewer: Viewer) -> tuple[float, int | None]:
-                    code = await close_code(viewer, timeout=drain_s + 15)
-                    at = time.monotonic() - signalled
-                    async with connect(new.ws_url, open_timeout=10) as ws:  # the page's socket, again
-                        back = Viewer(ws)
-                        await back.expect("server-list")
-                        assert (await back.join())["data"]["users"][uid]["status"] == "idle"
-                    return at, code
+            async def closed_then_back(viewer: Viewer) -> tuple[float, int | None]:
+                code = await close_code(viewer, timeout=drain_s + 15)
+                at = time.monotonic() - signalled
+                async with connect(new.ws_url, open_timeout=10) as ws:  # the page's socket, again
+                    back = Viewer(ws)
+                    await back.expect("server-list")
+                    assert (await back.join())["data"]["users"][uid]["status"] == "idle"
+                return at, code
 
-                closes = sorted(await asyncio.gather(*(closed_then_back(v) for v in viewers)))
-                assert await exit_code(old, 15) == 0
-                assert new.process.poll() is None
+            closes = sorted(await asyncio.gather(*(closed_then_back(v) for v in viewers)))
+            assert await close_code(plain, timeout=drain_s + 15) == 1001
+            plain_closed = time.monotonic() - signalled
+            assert await exit_code(old, 15) == 0
+            assert new.process.poll() is None
     times = [t for t, _ in closes]
     print(
         f"replacement ready {ready_at:.2f}s after SIGTERM; viewers closed at "
         + ", ".join(f"{t:.2f}s" for t in times)
     )
     assert [code for _, code in closes] == [1012] * count
+    assert plain_closed >= drain_s - 0.5, "a page without our script was closed before the drain's end"
     assert times == sorted(times) and times[0] >= ready_at - 1.0  # not before a replacement answered
     rest = drain_s - ready_at
     assert times[-1] - times[0] >= rest / 3, "the closes were not spread over the rest of the drain"

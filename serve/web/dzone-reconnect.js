@@ -17,6 +17,8 @@
   var MAX_RETRY_MS = 10000; // the backoff's bound
   var FIRST_OPEN_PATIENCE_MS = 10000; // a URL that never opened is handed back to the page after this
   var QUEUE_MAX = 16; // frames the page sends while reconnecting (it only ever sends `connect`)
+  // Offered (the serve selects it) so that a draining serve knows this page comes back: serve/handover.py
+  var RECONNECTS = "dzone-reconnect";
 
   var state = { sockets: [], blocked: [], reconnects: 0 }; // read by tests and curious operators
   window.dzoneReconnect = state;
@@ -56,7 +58,8 @@
       this.onopen = this.onmessage = this.onclose = this.onerror = null;
       this.binaryType = "blob";
       this._url = String(url);
-      this._protocols = protocols;
+      var none = protocols === undefined || protocols === null || protocols.length === 0;
+      this._protocols = none ? [RECONNECTS] : protocols;
       this._state = Native.CONNECTING;
       this._socket = null;
       this._opened = false; // the page saw `open`
