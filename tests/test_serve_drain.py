@@ -51,6 +51,20 @@ async def joined(serve: ServeProcess, comes_back: bool = False) -> AsyncIterator
         yield viewer
 
 
+async def a_change_reaches(database_url: str, viewers: list[Viewer], status: str) -> str:
+    """A member's status changed with SQL reaches every viewer (the triggers announce it); its uid."""
+    uid = next(iter(USERS))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE discord_users SET status = $2 WHERE user_id = $1", uid, status)
+    finally:
+        await conn.close()
+    for viewer in viewers:
+        frame = await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
+        assert frame["data"]["status"] == status
+    return uid
+
+
 async def close_code(viewer: Viewer, timeout: float) -> int | None:
     """Read until the server closes the socket; the code it sent."""
     with pytest.raises(ConnectionClosed) as caught:
@@ -74,15 +88,7 @@ async def test_sigterm_drains_then_closes_with_1001_and_exits_0(database_url: st
             refused_after = time.monotonic() - signalled
 
             # the viewers keep receiving what the triggers announce
-            uid = next(iter(USERS))
-            conn = await asyncpg.connect(database_url)
-            try:
-                await conn.execute("UPDATE discord_users SET status = 'dnd' WHERE user_id = $1", uid)
-            finally:
-                await conn.close()
-            for viewer in (first, second):
-                frame = await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
-                assert frame["data"]["status"] == "dnd"
+            await a_change_reaches(database_url, [first, second], "dnd")
 
             # a new socket finds nobody: a balancer moves on at once, a replacement may bind the port
             with pytest.raises(OSError):
@@ -117,14 +123,7 @@ async def test_a_replacement_on_the_port_takes_the_viewers_spread_over_the_drain
         old.process.send_signal(signal.SIGTERM)
         await stops_accepting(old)
         # nobody to hand over to: the viewers are kept, changes included
-        uid = next(iter(USERS))
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute("UPDATE discord_users SET status = 'idle' WHERE user_id = $1", uid)
-        finally:
-            await conn.close()
-        for viewer in [*viewers, plain]:
-            await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
+        uid = await a_change_reaches(database_url, [*viewers, plain], "idle")
         async with serve_process_async(database_url, tmp_path, port=old.port) as new:
             ready_at = time.monotonic() - signalled
 
