@@ -347,13 +347,14 @@ class WebSocketServer:
         await self.close()
 
     async def _hand_over(self, deadline: float) -> None:
-        """Wait for a replacement on our port, then close the viewers that come back (our reconnect script)
-        with 1012 spread up to ``deadline``; the others keep their socket to the end of the drain."""
+        """Close the viewers that come back (our reconnect script) with 1012 spread up to ``deadline``: from
+        when a replacement answers on our port, else over the drain's last tenth (behind a balancer they
+        come back through it, to another replica, not all at one instant). The others stay to the end."""
         loop = asyncio.get_running_loop()
         host = handover.probe_host(self.settings.host)
-        if not await handover.wait_for_replacement(host, self.port, self.tls is not None, deadline):
+        tail = (deadline - loop.time()) * handover.TAIL_SHARE
+        if not await handover.wait_for_replacement(host, self.port, self.tls is not None, deadline - tail):
             log.info("no_replacement", port=self.port)
-            return
         sockets = len(self._hub.sessions) if self._hub else 0
         viewers = [ws for ws in self._hub.sessions if handover.comes_back(ws)] if self._hub else []
         times = handover.spread(len(viewers), loop.time(), deadline)

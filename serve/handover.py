@@ -5,7 +5,9 @@ serve has closed its own listener; whoever answers ``/readyz`` 200 on its addres
 replacement, ready for the viewers it closes one by one over the rest of the drain: those whose page runs
 our reconnect script (serve/web/dzone-reconnect.js offers the subprotocol ``RECONNECTS``, which we select),
 who come back.
-The others would move to their next socket URL, so they keep their socket until the drain ends.
+The others would move to their next socket URL, so they keep their socket until the drain ends. Without a
+replacement, those that come back are closed over the drain's last tenth instead: behind a balancer they
+return through it to another replica, and spread out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 RECONNECTS = "dzone-reconnect"
 
+TAIL_SHARE = 0.1  # without a replacement, viewers that come back are closed over the drain's last tenth
 PROBE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 2.0  # one probe: connect, request, status line
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
