@@ -21,7 +21,7 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from serve import http
+from serve import handover, http
 from serve.addresses import viewer_address
 from serve.hub import Callbacks, Hub
 from serve.listener import FeedListener
@@ -123,6 +123,8 @@ class WebSocketServer:
         self._draining = False
         self._drain_over = asyncio.Event()  # a second signal, or the last viewer left
         self._drain_task: asyncio.Task[None] | None = None
+        self._handing_over: set[asyncio.Task[None]] = set()
+        self._bound_port: int | None = None
         self.tls: ReloadingContext | None = None
         self._tls_task: asyncio.Task[None] | None = None
         self._viewer_report: ViewerReport | None = None
@@ -185,10 +187,8 @@ class WebSocketServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with port=0)."""
-        if self._server is None:
-            return self.settings.port
-        return int(next(iter(self._server.sockets)).getsockname()[1])
+        """The bound port (useful with port=0); kept after a drain closed the listener."""
+        return self._bound_port if self._bound_port is not None else self.settings.port
 
     # ------------------------------------------------------------ lifecycle
 
@@ -288,7 +288,10 @@ class WebSocketServer:
             ),
             server_header=None,
             ssl=self.tls.context if self.tls else None,
+            select_subprotocol=handover.select_subprotocol,
+            reuse_port=True,  # a replacement binds this port while we drain (docs/deploy.md, "Restarts")
         )
+        self._bound_port = int(next(iter(self._server.sockets)).getsockname()[1])
         if self.tls is not None:
             self._tls_task = asyncio.create_task(self.tls.watch(s.tls_reload_interval_s))
         if pool is not None and s.viewer_report_interval_s > 0:
@@ -345,20 +348,54 @@ class WebSocketServer:
         return self._draining
 
     async def drain(self, seconds: float) -> None:
-        """Refuse new sockets and answer /readyz 503, serve open viewers up to ``seconds``, then close.
+        """Stop accepting at once, serve open viewers up to ``seconds``, then close what is left with 1001.
 
-        The wait ends early when the last viewer has left or :meth:`end_drain` is called.
+        When a replacement answers on our port (SO_REUSEPORT) the viewers are closed with 1012 one by one
+        over the rest of the drain, so they reconnect to it spread out. The wait ends early when the last
+        viewer has left or :meth:`end_drain` is called.
         """
         if not self._draining and not self._closing:
             self._draining = True
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            if self._server is not None:
+                self._server.server.close()  # the listener only: the kernel sends new sockets to a replacement
             viewers = len(self._hub.sessions) if self._hub else 0
-            log.info("draining", seconds=seconds, viewers=viewers)
+            log.info("draining", seconds=seconds, viewers=viewers, port=self.port)
             if viewers == 0:
                 self._drain_over.set()
+            hand_over = asyncio.create_task(self._hand_over(deadline))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_over.wait(), seconds)
+            hand_over.cancel()
+            await asyncio.gather(hand_over, return_exceptions=True)
             log.info("drained", viewers_left=len(self._hub.sessions) if self._hub else 0)
         await self.close()
+
+    async def _hand_over(self, deadline: float) -> None:
+        """Close the viewers that come back (our reconnect script) with 1012 spread up to ``deadline``: from
+        when a replacement answers on our port, else over the drain's last tenth (behind a balancer they
+        come back through it, to another replica, not all at one instant). The others stay to the end."""
+        loop = asyncio.get_running_loop()
+        host = handover.probe_host(self.settings.host)
+        tail = (deadline - loop.time()) * handover.TAIL_SHARE
+        if not await handover.wait_for_replacement(host, self.port, self.tls is not None, deadline - tail):
+            log.info("no_replacement", port=self.port)
+        sockets = len(self._hub.sessions) if self._hub else 0
+        viewers = [ws for ws in self._hub.sessions if handover.comes_back(ws)] if self._hub else []
+        times = handover.spread(len(viewers), loop.time(), deadline)
+        log.info(
+            "handing_over",
+            port=self.port,
+            viewers=len(viewers),
+            staying=sockets - len(viewers),
+            over_s=round(deadline - loop.time(), 2),
+        )
+        for ws, at in zip(viewers, times, strict=True):
+            await asyncio.sleep(max(at - loop.time(), 0))
+            task = asyncio.create_task(ws.close(1012, "service restart"))
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
 
     def end_drain(self) -> None:
         """Stop waiting: close viewers now (with 1001); when already closing, drop what is left."""
@@ -477,9 +514,14 @@ class WebSocketServer:
             )
         if path == "/api/status":
             return http.json_response(200, self.status(), head=head)
+        hosts_client = self.static_dir != http.PACKAGED_WEB
+        if hosts_client and path == http.RECONNECT_PATH:
+            return await http.file_response(http.RECONNECT_SCRIPT, head=head)
         found = await asyncio.to_thread(http.resolve_static, self.static_dir, path)
         if found is None:
             return http.not_found(head)
+        if hosts_client and http.is_client_page(path):
+            return await http.client_page_response(found, head=head)
         return await http.file_response(found, head=head)
 
     def status(self) -> dict[str, Any]:

@@ -37,7 +37,9 @@ from shared.settings import ConfigError, ServeSettings, load
 def serve(host: str | None, port: int | None, static_dir: Path | None) -> None:
     """Serve d-zone viewers from PostgreSQL (DATABASE_URL) and relay the change feed to them.
 
-    SIGTERM drains: /readyz 503, new sockets refused, open viewers kept DZONE_DRAIN_S (120 s), then 1001.
+    SIGTERM drains: the port stops accepting at once (a new serve may bind it), open viewers are kept;
+    pages with our reconnect script are closed with 1012 over the rest of DZONE_DRAIN_S (120 s) once a
+    replacement answers there, else over its last tenth; the others with 1001 at its end.
     """
     from serve.api import ServeError, WebSocketServer
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve import frames
-from serve.world import Member, ServerInfo, diff_presences, encode_join, presence_for_change, visible
+from serve.view import Changes, View, world_room
+from serve.world import Member, ServerInfo
 from shared.discord_rules import DEFAULT_ROLE_COLOR
 from shared.feed import ChatMessage, FeedEvent, ServerResync, UserDeleted, UserUpserted
 
@@ -30,10 +31,12 @@ class Grant:
 @dataclass(slots=True)
 class Outcome:
     """What one change asks of the shell, in this order: cut ``cuts`` (viewer, reason), then send ``frames``
-    to the remaining viewers; ``resync`` asks for a re-read of the server's members."""
+    to the remaining viewers but ``rejoins``, which get a fresh server-join instead (their world is out of
+    room for the figures these frames add); ``resync`` asks for a re-read of the server's members."""
 
     cuts: list[tuple[Any, str]] = field(default_factory=list)
     frames: list[bytes] = field(default_factory=list)
+    rejoins: list[Any] = field(default_factory=list)
     resync: bool = False
 
 
@@ -43,11 +46,19 @@ def static_client_id(info: ServerInfo, default: str | None) -> str | None:
 
 
 class ServerCore:
-    """One server's live members, settings and viewers. ``buffer`` is not None while a (re)read is in flight."""
+    """One server's live members, settings and viewers. ``buffer`` is not None while a (re)read is in flight.
+
+    ``view`` is what every viewer is shown (capped, the same for all); ``added`` counts the figures the
+    frames sent so far created, and ``_limits`` the count each viewer's world has room up to (rule 23).
+    """
 
     __slots__ = (
+        "_client_id",
         "_join_key",
         "_join_wire",
+        "_limits",
+        "_soonest",
+        "added",
         "buffer",
         "default_client_id",
         "grants",
@@ -57,6 +68,7 @@ class ServerCore:
         "live",
         "members",
         "message_max_chars",
+        "view",
         "viewers",
     )
 
@@ -66,6 +78,7 @@ class ServerCore:
         info: ServerInfo | None = None,
         message_max_chars: int = 2000,
         default_client_id: str | None = None,
+        max_users: int = 2000,
     ) -> None:
         self.key = key
         self.info = info  # the server's settings now (None: not joinable)
@@ -79,18 +92,28 @@ class ServerCore:
         self.grants: dict[Any, Grant] = {}
         self.live = False
         self.buffer: list[FeedEvent] | None = None
+        self.view = View(key, max_users)
+        self.added = 0
+        self._limits: dict[Any, int] = {}
+        self._soonest = 0  # no viewer's limit is below this
         self._join_wire: bytes | None = None
-        self._join_key: tuple[ServerInfo, str | None, int] | None = None
+        self._join_key: tuple[ServerInfo, str | None] | None = None
+        self._client_id: str | None = None  # of the last snapshot written: a re-join reuses it
 
     # ------------------------------------------------------------ viewers
 
     def enter(self, viewer: Any, grant: Grant) -> None:
+        """``viewer`` was just written the current snapshot: its world has room from now on for what
+        :func:`world_room` says."""
         self.viewers.add(viewer)
         self.grants[viewer] = grant
+        limit = self._limits[viewer] = self.added + world_room(len(self.view.shown))
+        self._soonest = min(self._soonest, limit) if len(self._limits) > 1 else limit
 
     def leave(self, viewer: Any) -> None:
         self.viewers.discard(viewer)
         self.grants.pop(viewer, None)
+        self._limits.pop(viewer, None)
 
     def qualifies(self, info: ServerInfo | None, grant: Grant) -> bool:
         """May a viewer admitted with ``grant`` view this server as ``info`` (None: not joinable) says now?"""
@@ -143,38 +166,52 @@ class ServerCore:
         if self.buffer is not None:
             self.buffer.append(event)
             return out
-        frame = self._change(event)
-        if frame is not None:
-            out.frames.append(frame)
+        self._account(out, self._change(event))
         return out
 
-    def _change(self, event: FeedEvent) -> bytes | None:
-        hide = self.info.hide_offline if self.info else False
+    @property
+    def hide_offline(self) -> bool:
+        return self.info.hide_offline if self.info else False
+
+    def _change(self, event: FeedEvent) -> Changes:
         if isinstance(event, UserUpserted):
-            before = self.members.get(event.user_id)
             after = Member(event.username, event.status, event.role_color)
             self.members[event.user_id] = after
             self.hidden.discard(event.user_id)
             self.invalidate()
-            return presence_for_change(self.key, event.user_id, before, after, hide)
+            return self.view.update(event.user_id, after, self.members, self.hide_offline)
         if isinstance(event, UserDeleted):
             (self.hidden.add if event.hidden else self.hidden.discard)(event.user_id)
-            gone = self.members.pop(event.user_id, None)
-            if gone is None:
-                return None
+            if self.members.pop(event.user_id, None) is None:
+                return Changes()
             self.invalidate()
-            return presence_for_change(self.key, event.user_id, gone, None, hide)
+            return self.view.update(event.user_id, None, self.members, self.hide_offline)
         if isinstance(event, ChatMessage):
-            return self._chat_frame(event.user_id, event.text, event.channel_id)
-        return None
+            frame = self._chat_frame(event.user_id, event.text, event.channel_id)
+            return Changes([frame] if frame is not None else [])
+        return Changes()
+
+    def _account(self, out: Outcome, changes: Changes) -> None:
+        """Queue ``changes``' frames, and name the viewers whose world has no room for the figures they add:
+        those get a fresh server-join instead, which rebuilds their world sized for the view (rule 23)."""
+        out.frames.extend(changes.frames)
+        if not changes.added:
+            return
+        self.invalidate()
+        self.added += changes.added
+        if self.added <= self._soonest or not self._limits:
+            return
+        room = world_room(len(self.view.shown))
+        for viewer, limit in self._limits.items():
+            if limit < self.added:
+                out.rejoins.append(viewer)
+                self._limits[viewer] = self.added + room
+        self._soonest = min(self._limits.values())
 
     def _chat_frame(self, uid: str, text: str, channel: str) -> bytes | None:
-        """A message frame only for a relayed server and a member the viewers can see (rule 12)."""
+        """A message frame only for a relayed server and a member the viewers are shown (rule 12)."""
         info = self.info
-        if info is None or not info.relay_messages:
-            return None
-        member = self.members.get(uid)
-        if member is None or not visible(member, info.hide_offline):
+        if info is None or not info.relay_messages or uid not in self.view.shown:
             return None
         text = frames.cap_message(text, self.message_max_chars)
         if not text.strip():
@@ -202,18 +239,16 @@ class ServerCore:
                 (left_out.add if event.hidden else left_out.discard)(event.user_id)
             elif isinstance(event, ChatMessage):
                 chats.append(event)
-        old, self.members, self.hidden = self.members, members, left_out
+        self.members, self.hidden = members, left_out
         self.live = True
         self.invalidate()
         out = Outcome()
         self._cut_unqualified(out)  # a bulk change may have removed members
+        settled = self.view.settle(members, self.hide_offline)
         if self.viewers:
-            hide = self.info.hide_offline if self.info else False
-            out.frames.extend(diff_presences(self.key, old, members, hide, hide))
+            self._account(out, settled)
         for chat in chats:
-            frame = self._change(chat)
-            if frame is not None:
-                out.frames.append(frame)
+            self._account(out, self._change(chat))
         return out
 
     def abandon_read(self) -> Outcome:
@@ -221,9 +256,7 @@ class ServerCore:
         buffered, self.buffer = self.buffer or [], None
         out = Outcome()
         for event in buffered:
-            frame = self._change(event)
-            if frame is not None:
-                out.frames.append(frame)
+            self._account(out, self._change(event))
         return out
 
     def set_info(self, info: ServerInfo | None) -> Outcome:
@@ -238,9 +271,7 @@ class ServerCore:
         if before is None or info is None or not self.viewers:
             return out
         if before.hide_offline != info.hide_offline:
-            out.frames.extend(
-                diff_presences(self.key, self.members, self.members, before.hide_offline, info.hide_offline)
-            )
+            self._account(out, self.view.settle(self.members, info.hide_offline))
         new_client_id = static_client_id(info, self.default_client_id)
         if new_client_id and new_client_id != static_client_id(before, self.default_client_id):
             out.frames.append(frames.client_id_frame(self.key, new_client_id))
@@ -248,32 +279,42 @@ class ServerCore:
 
     def push_presence(
         self, uid: str, status: str, username: str | None, role_color: str | None, delete: bool
-    ) -> bytes | None:
-        """The guide's broadcast_presence: fill name/colour from the cache (d-back fault 13); None for an
-        unknown member without a name (never a ghost)."""
+    ) -> Outcome:
+        """The guide's broadcast_presence, applied as a change of the member: name/colour filled from the
+        cache (d-back fault 13); nothing for an unknown member without a name (never a ghost)."""
+        out = Outcome()
         before = self.members.get(uid)
         username = username if username is not None else (before.username if before else None)
         if username is None:
-            return None
+            return out
         color = role_color if role_color is not None else (before.role_color if before else None)
-        color = color or DEFAULT_ROLE_COLOR
-        if delete:
-            self.members.pop(uid, None)
+        after = None if delete else Member(username, status, color or DEFAULT_ROLE_COLOR)
+        if after is None:
+            if self.members.pop(uid, None) is None:
+                return out
         else:
-            self.members[uid] = Member(username, status, color)
+            self.members[uid] = after
         self.invalidate()
-        return frames.presence_frame(self.key, uid, status, username, color, delete=delete)
+        self._account(out, self.view.update(uid, after, self.members, self.hide_offline))
+        return out
 
     # ------------------------------------------------------------ the snapshot
 
     def invalidate(self) -> None:
         self._join_wire = None
 
-    def join_wire(self, info: ServerInfo, client_id: str | None, max_users: int) -> bytes:
-        """The server-join as one WebSocket text frame, encoded and framed once, then written as is to
-        every joiner until members, settings or the client id change (rule 7)."""
-        key = (info, client_id, max_users)
+    def join_wire(self, info: ServerInfo, client_id: str | None) -> bytes:
+        """The server-join of the view as one WebSocket text frame, encoded and framed once, then written as
+        is to every joiner until members, settings or the client id change (rule 7)."""
+        key = (info, client_id)
+        self._client_id = client_id
         if self._join_wire is None or self._join_key != key:
-            self._join_wire = frames.text_frame(encode_join(info, self.members, client_id, max_users))
+            self._join_wire = frames.text_frame(
+                frames.join_frame(info.id, info.name, self.view.snapshot(), client_id)
+            )
             self._join_key = key
         return self._join_wire
+
+    def rejoin_wire(self) -> bytes | None:
+        """The server-join a viewer out of room is sent (None when the server is gone: it is being cut)."""
+        return None if self.info is None else self.join_wire(self.info, self._client_id)

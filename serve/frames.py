@@ -111,6 +111,14 @@ def presence_frame(
     return encode({"type": "presence", "server": server_key, "data": data})
 
 
+def join_frame(server_id: str, name: str, users: Mapping[str, Any], client_id: str | None) -> bytes:
+    """The server-join: the snapshot of the view, the id the client's links use, and the OAuth client id."""
+    data: dict[str, Any] = {"users": users, "request": {"server": server_id}, "serverName": name}
+    if client_id:
+        data["clientId"] = client_id
+    return encode({"type": "server-join", "data": data})
+
+
 def message_frame(server_key: str, uid: str, text: str, channel: str) -> bytes:
     return encode(
         {"type": "message", "server": server_key, "data": {"uid": uid, "message": text, "channel": channel}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import mimetypes
+import re
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote
@@ -118,6 +119,42 @@ async def file_response(path: Path, *, head: bool, content_type: str | None = No
     kind = content_type or content_type_of(path)
     cache = "no-cache" if kind.startswith("text/html") else "public, max-age=3600"
     return response(200, body, kind, head=head, cache=cache, length=size)
+
+
+RECONNECT_SCRIPT = PACKAGED_WEB / "dzone-reconnect.js"
+RECONNECT_PATH = "/dzone-reconnect.js"
+# Relative, as the client's own bundle is: the page may sit under a path prefix behind a proxy.
+_RECONNECT_TAG = b'<script src="dzone-reconnect.js"></script>'
+_FIRST_SCRIPT = re.compile(rb"<script\b", re.IGNORECASE)
+_HEAD_OPEN = re.compile(rb"<head\b[^>]*>", re.IGNORECASE)
+
+
+def is_client_page(url_path: str) -> bool:
+    """The d-zone client's page (a static dir's root index.html), the one our reconnect script goes into."""
+    return url_path in ("/", "/index.html")
+
+
+def with_reconnect_script(page: bytes) -> bytes:
+    """``page`` with our reconnect script loaded before its first script (the bundle), so the bundle's
+    ``new WebSocket`` gets the wrapper; after ``<head>`` (or first) when the page has no script yet."""
+    if first := _FIRST_SCRIPT.search(page):
+        at = first.start()
+    elif head := _HEAD_OPEN.search(page):
+        at = head.end()
+    else:
+        at = 0
+    return page[:at] + _RECONNECT_TAG + b"\n" + page[at:]
+
+
+async def client_page_response(path: Path, *, head: bool) -> Response:
+    """The client's index.html with our reconnect script added (docs/deploy.md, "Restarts")."""
+    try:
+        page = await asyncio.to_thread(path.read_bytes)
+    except (OSError, ValueError):
+        return not_found(head)
+    if len(page) > MAX_STATIC_BYTES:
+        return text_response(413, "File too large to serve\n", head=head)
+    return response(200, with_reconnect_script(page), "text/html; charset=utf-8", head=head, cache="no-cache")
 
 
 def not_found(head: bool) -> Response:

@@ -141,8 +141,12 @@ class Hub:
         """Carry out what the core decided: its cuts first, then its frames to the viewers left."""
         for viewer, reason in outcome.cuts:
             self.sessions.cut(viewer, reason)
-        for frame in outcome.frames:
-            self.fanout.send(state, frame)
+        rejoins = [viewer for viewer in outcome.rejoins if viewer in state.viewers]
+        if rejoins:
+            self.sessions.rejoin(state, rejoins, outcome.frames)
+        else:
+            for frame in outcome.frames:
+                self.fanout.send(state, frame)
         if outcome.resync:
             self.request_resync(state)
 
@@ -190,7 +194,11 @@ class Hub:
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = ServerCore(
-                key, self.info(key), self.settings.message_max_chars, self.settings.oauth_client_id
+                key,
+                self.info(key),
+                self.settings.message_max_chars,
+                self.settings.oauth_client_id,
+                self.settings.snapshot_max_users,
             )
         state.begin_read()  # from now on, events of this server wait for the read to finish
         try:
@@ -294,11 +302,11 @@ class Hub:
         state = self.states.get(key)
         if state is None:
             return False
-        frame = state.push_presence(uid, status, username, role_color, delete)
-        if frame is None:
-            log.debug("presence_dropped_unknown_member", server=key, uid=uid)
+        outcome = state.push_presence(uid, status, username, role_color, delete)
+        if not outcome.frames:
+            log.debug("presence_not_shown", server=key, uid=uid)
             return False
-        self.fanout.send(state, frame)
+        self._emit(state, outcome)
         return True
 
     def push_message(self, key: str, uid: str, text: str, channel: str) -> bool:

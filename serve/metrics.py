@@ -17,6 +17,11 @@ class ServeMetrics:
             "dzone_serve_connect_requests", "Client frames read (connect or not)", registry=r
         )
         self.joins = Counter("dzone_serve_joins_total", "server-join frames sent", registry=r)
+        self.rejoins = Counter(
+            "dzone_serve_rejoins_total",
+            "Fresh server-joins sent to viewers whose world was out of room (rule 23)",
+            registry=r,
+        )
         self.joins_deferred = Counter(
             "dzone_serve_joins_deferred", "Joins that waited for write budget", registry=r
         )

@@ -232,7 +232,7 @@ class Sessions:
             write_frames(session.ws, error, (error,))
             return
         assert current is not None
-        wire = state.join_wire(current, pending.client_id, self.settings.snapshot_max_users)
+        wire = state.join_wire(current, pending.client_id)
         allowed = (
             totals.allow(session, len(wire)) if totals is not None else self._fits_budget(session, len(wire))
         )
@@ -253,6 +253,31 @@ class Sessions:
         state.enter(session.ws, pending.grant)
         session.state = state
         self.metrics.joins.inc()
+
+    def rejoin(self, state: ServerCore, rejoins: list[ServerConnection], payloads: list[bytes]) -> None:
+        """Send ``payloads`` to the viewers of ``state`` but ``rejoins``, which get the fresh server-join
+        instead (it already holds what the payloads say): their world is out of room (rule 23). What was
+        queued before goes to everyone first; the snapshot skips the write budget (it is one server's view)."""
+        self.fanout.flush_server(state)
+        state.viewers.difference_update(rejoins)
+        try:
+            for payload in payloads:
+                self.fanout.send(state, payload)
+            self.fanout.flush_server(state)
+        finally:
+            state.viewers.update(rejoins)
+        wire = state.rejoin_wire()
+        if wire is None:
+            return
+        for ws in rejoins:
+            write_frames(ws, wire, (wire,))
+            self.metrics.rejoins.inc()
+            log.info(
+                "viewer_rejoined",
+                server=state.key,
+                peer=self.by_socket[ws].address,
+                users=len(state.view.shown),
+            )
 
     def cut(self, ws: ServerConnection, reason: str) -> None:
         """Stop sending this socket its server (synchronously, before any later event) and tell it why.

@@ -1,5 +1,5 @@
 """What viewers see, in memory: the server directory (server-list + "default" resolution), members, and
-the pure rules of visibility, diffs and the snapshot that serve/core.py's per-server state applies.
+the pure rule of visibility; serve/view.py decides which visible members a server's viewers are shown.
 
 Pure data and pure functions: no I/O here, so every rule about visibility and diffs is unit-testable.
 """
@@ -7,7 +7,7 @@ Pure data and pure functions: no I/O here, so every rule about visibility and di
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,7 @@ class Directory:
         self._by_id: dict[str, ServerInfo] = {s.id: s for s in self.servers}
         marked = [s for s in self.servers if s.is_default]
         self.default: ServerInfo | None = marked[0] if marked else (self.servers[0] if self.servers else None)
-        self.list_frame: bytes = frames.encode(
-            {"type": "server-list", "data": {s.key: s.list_entry() for s in self.servers}}
-        )
+        self.list_frame: bytes = frames.encode({"type": "server-list", "data": list_data(self.servers)})
         self.list_wire: bytes = frames.text_frame(self.list_frame)  # as written to every socket that opens
 
     def with_server(self, key: str, info: ServerInfo | None) -> Directory:
@@ -62,6 +60,20 @@ class Directory:
         if requested is None:
             return self.default
         return self._by_id.get(requested) or self.by_key.get(requested)
+
+
+def list_data(servers: Iterable[ServerInfo]) -> dict[str, dict[str, Any]]:
+    """The server-list's data, keyed by what the client's links hold (docs/protocol.md rule 22): the client
+    looks its start-up server (``?s=``) up by key to hold a passworded join for login, then sends the token
+    only to an entry whose ``id`` is what it asks for. So each entry is keyed by its ``id`` (the alias when
+    set), and a passworded aliased server is also listed under its snowflake, with that as ``id``, so an old
+    snowflake link is held for login too."""
+    data: dict[str, dict[str, Any]] = {}
+    for info in servers:
+        data[info.id] = info.list_entry()
+        if info.passworded and info.id != info.key:
+            data[info.key] = {**info.list_entry(), "id": info.key}
+    return data
 
 
 def database_order(info: ServerInfo) -> tuple[bool, bool, float, str]:
@@ -101,67 +113,3 @@ def visible(member: Member, hide_offline: bool) -> bool:
 
 def user_entry(uid: str, member: Member) -> dict[str, str]:
     return {"uid": uid, "username": member.username, "status": member.status, "roleColor": member.role_color}
-
-
-def presence_for_change(
-    key: str, uid: str, before: Member | None, after: Member | None, hide_offline: bool
-) -> bytes | None:
-    """The presence a viewer needs when one member goes from ``before`` to ``after`` (None = absent).
-
-    Deleted or newly hidden (offline on a hide-offline server) -> ``delete: true``; visible -> a full
-    presence; hidden before and after (or no change) -> nothing.
-    """
-    was = before is not None and visible(before, hide_offline)
-    now = after is not None and visible(after, hide_offline)
-    if now:
-        assert after is not None
-        if was and before is not None and before.same_look(after):
-            return None
-        return frames.presence_frame(key, uid, after.status, after.username, after.role_color)
-    if before is not None and (was or after is None):
-        # Gone: a delete for a member the client may draw (sent also for a hidden one that left: harmless,
-        # and the client may have it from an older snapshot).
-        status = "offline" if after is not None else before.status
-        return frames.presence_frame(key, uid, status, before.username, before.role_color, delete=True)
-    return None
-
-
-def diff_presences(
-    key: str, old: dict[str, Member], new: dict[str, Member], old_hide: bool, new_hide: bool
-) -> Iterator[bytes]:
-    """Presences that take a viewer from the ``old`` world to the ``new`` one (after a resync or setting change)."""
-    for uid, after in new.items():
-        before = old.get(uid)
-        was = before is not None and visible(before, old_hide)
-        now = visible(after, new_hide)
-        if now and not (was and before is not None and before.same_look(after)):
-            yield frames.presence_frame(key, uid, after.status, after.username, after.role_color)
-        elif was and not now:
-            yield frames.presence_frame(key, uid, after.status, after.username, after.role_color, delete=True)
-    for uid, before in old.items():
-        if uid not in new and visible(before, old_hide):
-            yield frames.presence_frame(
-                key, uid, before.status, before.username, before.role_color, delete=True
-            )
-
-
-def snapshot_users(
-    members: dict[str, Member], hide_offline: bool, max_users: int
-) -> dict[str, dict[str, str]]:
-    """The visible members, capped at ``max_users``: online first, then idle, dnd, offline, most recent first."""
-    shown = [(uid, m) for uid, m in members.items() if visible(m, hide_offline)]
-    if len(shown) > max_users:
-        shown.sort(key=lambda item: (STATUS_RANK.get(item[1].status, 0), -item[1].touched))
-        shown = shown[:max_users]
-    return {uid: user_entry(uid, m) for uid, m in shown}
-
-
-def encode_join(info: ServerInfo, members: dict[str, Member], client_id: str | None, max_users: int) -> bytes:
-    data: dict[str, Any] = {
-        "users": snapshot_users(members, info.hide_offline, max_users),
-        "request": {"server": info.id},
-        "serverName": info.name,
-    }
-    if client_id:
-        data["clientId"] = client_id
-    return frames.encode({"type": "server-join", "data": data})

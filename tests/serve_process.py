@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import socket
@@ -11,8 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,10 @@ def serve_process(
     test CA) when it serves TLS."""
     port = port or free_port()
     log = log_dir / f"serve-{port}.log"
+    for n in itertools.count(2):  # a replacement on the same port keeps its own log
+        if not log.exists():
+            break
+        log = log_dir / f"serve-{port}-{n}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "DZONE_DRAIN_S": "0", **(env or {})}
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -107,3 +113,27 @@ def serve_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+@asynccontextmanager
+async def serve_process_async(
+    database_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> AsyncIterator[ServeProcess]:
+    """:func:`serve_process` started and ended in a thread, so clients on the event loop keep running."""
+    manager = serve_process(database_url, log_dir, env, port=port)
+    serve = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield serve
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+async def stops_accepting(serve: ServeProcess, timeout: float = 10.0) -> None:
+    """Wait until nothing answers on the serve's port (a drain closes the listener at once)."""
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(http_status, f"{serve.base}/healthz") is not None:
+        assert time.monotonic() < deadline, f"the draining serve kept accepting: {serve.output()}"
+        await asyncio.sleep(0.05)  # polling another process's port

@@ -159,7 +159,12 @@ async def test_the_python_api_example_serves_its_town_to_a_websocket_client(monk
             listing = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
             assert listing["type"] == "server-list"
             assert listing["data"] == {
-                "100000000000000001": {"id": "cafe", "name": "Café", "passworded": False, "default": True}
+                "cafe": {
+                    "id": "cafe",
+                    "name": "Café",
+                    "passworded": False,
+                    "default": True,
+                }  # rule 22: keyed by id
             }
             await ws.send(orjson.dumps({"type": "connect", "data": {"server": None}}).decode())
             join = orjson.loads(await asyncio.wait_for(ws.recv(), 5))

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from serve.core import Grant, Outcome, ServerCore
+from serve.view import world_room
 from serve.world import Member, ServerInfo
 from shared.feed import ChatMessage, FeedEvent, ServerResync, UserDeleted, UserUpserted
 
@@ -109,10 +110,10 @@ def test_the_core_imports_no_io() -> None:
 
 def test_an_upsert_of_a_new_member_sends_it_and_invalidates_the_snapshot() -> None:
     state = core()
-    before = state.join_wire(OPEN, None, 100)
+    before = state.join_wire(OPEN, None)
     out = state.apply(upsert(ANN))
     assert sent(out) == [presence(ANN)] and out.cuts == [] and not out.resync
-    assert ANN in state.members and state.join_wire(OPEN, None, 100) != before
+    assert ANN in state.members and state.join_wire(OPEN, None) != before
 
 
 def test_an_upsert_that_changes_nothing_a_viewer_sees_sends_nothing() -> None:
@@ -145,9 +146,9 @@ def test_a_delete_of_a_member_sends_its_delete() -> None:
 
 def test_a_delete_of_an_unknown_member_sends_nothing() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_wire(OPEN, None, 100)
+    before = state.join_wire(OPEN, None)
     assert state.apply(delete(BOB)) == Outcome()
-    assert state.join_wire(OPEN, None, 100) is before  # nothing changed: the cached snapshot stays
+    assert state.join_wire(OPEN, None) is before  # nothing changed: the cached snapshot stays
 
 
 def test_a_delete_on_a_passworded_server_cuts_that_users_viewers_before_sending() -> None:
@@ -230,9 +231,9 @@ def test_a_chat_is_dropped(info: ServerInfo | None, uid: str, text: str) -> None
 
 def test_a_chat_does_not_change_the_members() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_wire(OPEN, None, 100)
+    before = state.join_wire(OPEN, None)
     state.apply(chat(ANN))
-    assert state.join_wire(OPEN, None, 100) is before
+    assert state.join_wire(OPEN, None) is before
 
 
 # -- reads: buffering, replay, resync diff ------------------------------------------------------------
@@ -332,9 +333,9 @@ def test_switching_hide_offline_on_deletes_offline_members_and_off_sends_them() 
 
 def test_the_same_info_again_changes_nothing() -> None:
     state = core(OPEN, (ANN, "online"))
-    before = state.join_wire(OPEN, None, 100)
+    before = state.join_wire(OPEN, None)
     assert state.set_info(OPEN) == Outcome()
-    assert state.join_wire(OPEN, None, 100) is before
+    assert state.join_wire(OPEN, None) is before
 
 
 def test_a_new_client_id_is_sent_and_the_default_one_is_not_resent() -> None:
@@ -393,17 +394,64 @@ def test_a_viewer_that_left_is_not_cut() -> None:
 
 def test_a_pushed_presence_fills_name_and_colour_from_the_cache() -> None:
     state = core(OPEN, (ANN, "online"))
-    frame = state.push_presence(ANN, "idle", None, None, delete=False)
-    assert frame is not None and orjson.loads(frame) == presence(ANN, "idle")
+    assert sent(state.push_presence(ANN, "idle", None, None, delete=False)) == [presence(ANN, "idle")]
     assert state.members[ANN].status == "idle"
 
 
 def test_a_pushed_presence_of_an_unknown_member_without_a_name_is_dropped() -> None:
     state = core(OPEN)
-    assert state.push_presence(BOB, "online", None, None, delete=False) is None and not state.members
+    assert sent(state.push_presence(BOB, "online", None, None, delete=False)) == [] and not state.members
 
 
 def test_a_pushed_delete_removes_the_member() -> None:
     state = core(OPEN, (ANN, "online"))
-    frame = state.push_presence(ANN, "offline", None, None, delete=True)
-    assert frame is not None and orjson.loads(frame)["data"]["delete"] is True and ANN not in state.members
+    frames = sent(state.push_presence(ANN, "offline", None, None, delete=True))
+    assert [f["data"]["delete"] for f in frames] == [True] and ANN not in state.members
+
+
+def test_a_pushed_delete_of_a_member_nobody_is_shown_sends_nothing() -> None:
+    state = core(HIDING, (ANN, "offline"))
+    assert sent(state.push_presence(ANN, "offline", None, None, delete=True)) == []
+    assert sent(state.push_presence(BOB, "offline", "bob", None, delete=True)) == []
+
+
+# -- what the viewers may be told (docs/protocol.md rule 23) ---------------------------------------------
+
+
+def test_a_member_offline_on_a_hide_offline_server_leaves_without_a_frame() -> None:
+    state = core(HIDING, (ANN, "offline"), (BOB, "online"))
+    assert sent(state.apply(delete(ANN))) == [] and ANN not in state.members
+    assert sent(state.apply(hide(BOB))) == [presence(BOB, "online", delete=True)]
+    assert sent(state.apply(delete(BOB))) == []  # hidden by a rule before: nothing more
+
+
+def test_a_capped_server_tells_nothing_of_members_outside_its_view() -> None:
+    state = ServerCore(KEY, OPEN, max_users=2)
+    state.begin_read()
+    state.finish_read({uid: Member(f"user{uid}", "online", "#ff0000") for uid in (ANN, BOB, CAT)})
+    state.enter("v0", ANONYMOUS)
+    outside = ({ANN, BOB, CAT} - set(state.view.shown)).pop()
+    assert sent(state.apply(upsert(outside, "idle"))) == []
+    assert sent(state.apply(chat(outside))) == []
+    assert sent(state.apply(delete(outside))) == []
+    assert len(orjson.loads(state.join_wire(OPEN, None)[4:])["data"]["users"]) == 2
+
+
+def test_a_viewer_out_of_room_gets_a_fresh_join_instead_of_the_frame() -> None:
+    state = core(HIDING, *((str(n), "online") for n in range(5)))
+    room = world_room(5)
+    newcomers = iter(range(1000, 10_000))
+    for _ in range(room):
+        assert state.apply(upsert(str(next(newcomers)))).rejoins == []
+    late = "late"
+    state.enter(late, ANONYMOUS)  # joined with more members: more room, its own count
+    out = state.apply(upsert(str(next(newcomers))))
+    assert out.rejoins == ["v0"] and len(out.frames) == 1
+    for _ in range(world_room(5 + room + 1) - 1):  # v0's new world holds these; late's holds more
+        assert state.apply(upsert(str(next(newcomers)))).rejoins == []
+
+
+def test_deletes_take_no_room() -> None:
+    state = core(OPEN, *((str(n), "online") for n in range(5)))
+    for n in range(world_room(5) * 2):
+        assert state.apply(delete(str(n % 5) if n < 5 else str(n))).rejoins == []

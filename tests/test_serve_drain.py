@@ -1,8 +1,10 @@
 """Restarts that do not strand viewers: SIGTERM to a real ``dzone serve`` drains it (docs/deploy.md).
 
-/readyz turns 503 at once, new sockets are refused with 503, plain HTTP still answers, joined viewers keep
-receiving the changes the triggers announce, and after ``DZONE_DRAIN_S`` they are closed with 1001 and the
-process exits 0. A second signal, or the last viewer leaving, ends the drain early.
+The serve stops accepting at once (its listener closes: the port is free for a replacement, which binds it
+with SO_REUSEPORT), joined viewers keep receiving the changes the triggers announce, and when a replacement
+answers on the port they are closed with 1012 one by one over the rest of the drain; without one, they are
+closed with 1001 after ``DZONE_DRAIN_S``. The process exits 0. A second signal, or the last viewer leaving,
+ends the drain early.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
-from tests.serve_process import ServeProcess, http_status, open_connections, serve_process, status_json
+from serve.handover import RECONNECTS
+from tests.serve_process import ServeProcess, serve_process, serve_process_async, stops_accepting
 from tests.test_serve_support import Viewer, add_server, add_users
 from tests.waiting import wait_for
 
@@ -37,25 +41,28 @@ async def seed(database_url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def joined(serve: ServeProcess) -> AsyncIterator[Viewer]:
-    async with connect(serve.ws_url, open_timeout=10) as ws:
+async def joined(serve: ServeProcess, comes_back: bool = False) -> AsyncIterator[Viewer]:
+    """A joined viewer; ``comes_back``: offers the subprotocol of our reconnect script, as its page does."""
+    offered = [Subprotocol(RECONNECTS)] if comes_back else None
+    async with connect(serve.ws_url, open_timeout=10, subprotocols=offered) as ws:
         viewer = Viewer(ws)
         await viewer.expect("server-list")
         await viewer.join()
         yield viewer
 
 
-async def status_of(url: str) -> int | None:
-    return await asyncio.to_thread(http_status, url)
-
-
-async def readyz_turns_503(serve: ServeProcess) -> None:
-    """The signal is handled between two polls; nothing may answer 200 after the first 503."""
-
-    async def unready() -> bool:
-        return await status_of(f"{serve.base}/readyz") == 503
-
-    await wait_for(unready, timeout=3, message="/readyz to answer 503")
+async def a_change_reaches(database_url: str, viewers: list[Viewer], status: str) -> str:
+    """A member's status changed with SQL reaches every viewer (the triggers announce it); its uid."""
+    uid = next(iter(USERS))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE discord_users SET status = $2 WHERE user_id = $1", uid, status)
+    finally:
+        await conn.close()
+    for viewer in viewers:
+        frame = await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
+        assert frame["data"]["status"] == status
+    return uid
 
 
 async def close_code(viewer: Viewer, timeout: float) -> int | None:
@@ -77,37 +84,74 @@ async def test_sigterm_drains_then_closes_with_1001_and_exits_0(database_url: st
         async with joined(serve) as first, joined(serve) as second:
             signalled = time.monotonic()
             serve.process.send_signal(signal.SIGTERM)
-            await readyz_turns_503(serve)
-            readyz_503_after = time.monotonic() - signalled
+            await stops_accepting(serve)
+            refused_after = time.monotonic() - signalled
 
             # the viewers keep receiving what the triggers announce
-            uid = next(iter(USERS))
-            conn = await asyncpg.connect(database_url)
-            try:
-                await conn.execute("UPDATE discord_users SET status = 'dnd' WHERE user_id = $1", uid)
-            finally:
-                await conn.close()
-            for viewer in (first, second):
-                frame = await viewer.until(lambda f: f["type"] == "presence" and f["data"]["uid"] == uid)
-                assert frame["data"]["status"] == "dnd"
+            await a_change_reaches(database_url, [first, second], "dnd")
 
-            # a new socket is refused; plain HTTP still answers (a page load, the balancer's probes)
-            with pytest.raises(InvalidStatus) as refused:
+            # a new socket finds nobody: a balancer moves on at once, a replacement may bind the port
+            with pytest.raises(OSError):
                 async with connect(serve.ws_url, open_timeout=5):
                     pass
-            assert refused.value.response.status_code == 503
-            assert await status_of(f"{serve.base}/healthz") == 200
-            status = await asyncio.to_thread(status_json, serve.base)
-            assert (status["draining"], status["ready"]) == (True, False)
-            assert await asyncio.to_thread(open_connections, serve.base) == 2
+            assert '"viewers": 2' in serve.output() or "viewers=2" in serve.output()
             assert serve.process.poll() is None, "exited before the drain was over"
 
             assert await close_code(first, timeout=drain_s + 15) == 1001
             assert await close_code(second, timeout=5) == 1001
             closed_after = time.monotonic() - signalled
         assert await exit_code(serve, 15) == 0
-    print(f"readyz 503 after {readyz_503_after:.3f}s; viewers closed after {closed_after:.2f}s")
+    print(f"port refused after {refused_after:.3f}s; viewers closed after {closed_after:.2f}s")
     assert closed_after >= drain_s - 0.5, "the drain was cut short"
+
+
+async def test_a_replacement_on_the_port_takes_the_viewers_spread_over_the_drain(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A new serve on the same port (SO_REUSEPORT) while the old drains: the old closes the viewers whose page
+    comes back with 1012 only once the new one answers, one by one over the rest of the drain; each
+    reconnects to the port. A viewer without our script keeps its socket to the end of the drain (1001)."""
+    drain_s, count = 10.0, 3
+    await seed(database_url)
+    async with (
+        serve_process_async(database_url, tmp_path, {"DZONE_DRAIN_S": str(drain_s)}) as old,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        viewers = [await stack.enter_async_context(joined(old, comes_back=True)) for _ in range(count)]
+        plain = await stack.enter_async_context(joined(old))
+        signalled = time.monotonic()
+        old.process.send_signal(signal.SIGTERM)
+        await stops_accepting(old)
+        # nobody to hand over to: the viewers are kept, changes included
+        uid = await a_change_reaches(database_url, [*viewers, plain], "idle")
+        async with serve_process_async(database_url, tmp_path, port=old.port) as new:
+            ready_at = time.monotonic() - signalled
+
+            async def closed_then_back(viewer: Viewer) -> tuple[float, int | None]:
+                code = await close_code(viewer, timeout=drain_s + 15)
+                at = time.monotonic() - signalled
+                async with connect(new.ws_url, open_timeout=10) as ws:  # the page's socket, again
+                    back = Viewer(ws)
+                    await back.expect("server-list")
+                    assert (await back.join())["data"]["users"][uid]["status"] == "idle"
+                return at, code
+
+            closes = sorted(await asyncio.gather(*(closed_then_back(v) for v in viewers)))
+            assert await close_code(plain, timeout=drain_s + 15) == 1001
+            plain_closed = time.monotonic() - signalled
+            assert await exit_code(old, 15) == 0
+            assert new.process.poll() is None
+    times = [t for t, _ in closes]
+    print(
+        f"replacement ready {ready_at:.2f}s after SIGTERM; viewers closed at "
+        + ", ".join(f"{t:.2f}s" for t in times)
+    )
+    assert [code for _, code in closes] == [1012] * count
+    assert plain_closed >= drain_s - 0.5, "a page without our script was closed before the drain's end"
+    assert times == sorted(times) and times[0] >= ready_at - 1.0  # not before a replacement answered
+    rest = drain_s - ready_at
+    assert times[-1] - times[0] >= rest / 3, "the closes were not spread over the rest of the drain"
+    assert "handing_over" in old.output()
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
@@ -118,7 +162,7 @@ async def test_a_second_signal_ends_the_drain_at_once(
     with serve_process(database_url, tmp_path, {"DZONE_DRAIN_S": "600"}) as serve:
         async with joined(serve) as viewer:
             serve.process.send_signal(signal.SIGTERM)
-            await readyz_turns_503(serve)
+            await stops_accepting(serve)
             signalled = time.monotonic()
             serve.process.send_signal(second)
             assert await close_code(viewer, timeout=30) == 1001
@@ -131,7 +175,7 @@ async def test_the_drain_ends_when_the_last_viewer_leaves(database_url: str, tmp
     with serve_process(database_url, tmp_path, {"DZONE_DRAIN_S": "600"}) as serve:
         async with joined(serve):
             serve.process.send_signal(signal.SIGTERM)
-            await readyz_turns_503(serve)
+            await stops_accepting(serve)
             assert serve.process.poll() is None
             left = time.monotonic()
         assert await exit_code(serve, 30) == 0
@@ -152,7 +196,7 @@ async def test_a_third_signal_drops_sockets_that_do_not_answer_the_close(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head  # from now on it reads nothing and answers nothing
         serve.process.send_signal(signal.SIGTERM)
-        await readyz_turns_503(serve)
+        await stops_accepting(serve)
         serve.process.send_signal(signal.SIGTERM)  # ends the drain: the close handshake starts, unanswered
         await wait_for(lambda: "drained" in serve.output(), message="the drain to end")
         third = time.monotonic()

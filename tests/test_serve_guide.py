@@ -398,7 +398,7 @@ async def test_provider_output_is_validated_with_the_guides_defaults(caplog, cap
         listing = (await v.expect("server-list"))["data"]
         assert listing == {
             A: {"id": A, "name": "Alpha", "passworded": False, "default": False},
-            "7": {"id": "seven", "name": "seven", "passworded": False, "default": False},
+            "seven": {"id": "seven", "name": "seven", "passworded": False, "default": False},
         }
         join = await v.join(None)  # no default marked: the first entry
         assert join["data"]["users"] == {

@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
+from serve import http
 from tests.test_serve_support import Viewer, add_server, running
 from tests.waiting import wait_for
 
@@ -76,7 +77,12 @@ async def test_static_dir_is_served_and_never_escaped(database_url, conn, tmp_pa
     (tmp_path / "outside.txt").write_text("outside")
     async with running(database_url, static_dir=str(dist)) as server:
         status, headers, body = await get(server, "/?s=alpha")
-        assert status == 200 and body == b"<h1>d-zone</h1>"
+        assert status == 200 and body == b'<script src="dzone-reconnect.js"></script>\n<h1>d-zone</h1>'
+        status, headers, _ = await get(server, "/", "HEAD")
+        assert status == 200 and int(headers["Content-Length"]) == len(body)
+        status, headers, script = await get(server, "/dzone-reconnect.js")
+        assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+        assert b"class ReconnectingWebSocket" in script
         status, headers, body = await get(server, "/static/bundle.js")
         assert status == 200 and headers["Content-Type"].startswith("text/javascript")
         assert headers["Cache-Control"].startswith("public")
@@ -155,10 +161,15 @@ async def test_a_viewer_that_stops_reading_is_dropped_without_slowing_others(dat
             while len(server._hub.states[A].viewers) == 2:  # type: ignore[union-attr]
                 for i in range(200):
                     await server.broadcast_presence(
-                        A, f"5{i:017d}", "online", username=big, role_color="#000000"
+                        A,
+                        f"5{i:017d}",
+                        ("online", "idle")[sent // 200 % 2],
+                        username=big,
+                        role_color="#000000",
                     )
                     sent += 1
-                    await healthy.expect("presence")  # the healthy viewer keeps up all the time
+                    # the healthy viewer keeps up all the time (a server-join when its world is full: rule 23)
+                    assert (await healthy.recv())["type"] in ("presence", "server-join")
                 assert sent < 200_000, "the stuck viewer was never dropped"
                 await asyncio.sleep(0.05)  # give the grace timer a turn of the loop
             assert server.metrics.slow_viewers_dropped._value.get() == 1
@@ -267,6 +278,23 @@ async def test_status_describes_passworded_servers_only_as_the_server_list_does(
         status, _, body = await get(server, "/api/status")
     assert status == 200
     entries = {e["id"]: e for e in orjson.loads(body)["servers"]}
-    assert entries["staff"] == list_frame["data"][locked]  # exactly the server-list entry, no counts
+    assert entries["staff"] == list_frame["data"]["staff"]  # exactly the server-list entry, no counts
     assert entries[A] == {**list_frame["data"][A], "viewers": 1, "members": 3}
     assert "connections" not in orjson.loads(body)
+
+
+def test_the_reconnect_script_goes_before_the_first_script() -> None:
+    bundle = b'<html><head><title>D-Zone</title></head><body><script src="static/bundle.js"></script></body>'
+    assert http.with_reconnect_script(bundle) == bundle.replace(
+        b"<script", b'<script src="dzone-reconnect.js"></script>\n<script', 1
+    )
+    no_script = b"<!DOCTYPE html><HEAD lang=en><title>t</title></HEAD><body></body>"
+    assert http.with_reconnect_script(no_script).startswith(
+        b'<!DOCTYPE html><HEAD lang=en><script src="dzone-reconnect.js"></script>\n<title>'
+    )
+    assert [http.is_client_page(p) for p in ("/", "/index.html", "/other.html", "/sub/")] == [
+        True,
+        True,
+        False,
+        False,
+    ]

@@ -33,8 +33,13 @@ async def test_server_list_at_once_on_any_path_without_secrets(database_url, con
     await seed(conn)
     async with running(database_url) as server, Viewer.open(server, path) as v:
         frame = await v.expect("server-list")
-        assert list(frame["data"]) == [A, B, C]
-        assert frame["data"][A] == {"id": "alpha", "name": "Alpha", "passworded": False, "default": True}
+        assert list(frame["data"]) == ["alpha", B, C]  # keyed by id: what the client's links hold (rule 22)
+        assert frame["data"]["alpha"] == {
+            "id": "alpha",
+            "name": "Alpha",
+            "passworded": False,
+            "default": True,
+        }
         assert frame["data"][B]["id"] == B
         assert frame["data"][C]["passworded"] is True
         for entry in frame["data"].values():
@@ -48,7 +53,7 @@ async def test_disabled_and_departed_servers_are_not_listed(database_url, conn):
     await conn.execute("UPDATE discord_servers SET enabled = false WHERE server_id = $1", B)
     await conn.execute("UPDATE discord_servers SET departed_at = now() WHERE server_id = $1", C)
     async with running(database_url) as server, Viewer.open(server) as v:
-        assert list((await v.expect("server-list"))["data"]) == [A]
+        assert list((await v.expect("server-list"))["data"]) == ["alpha"]
         assert (await v.connect(B))["type"] == "error"
 
 
@@ -401,7 +406,7 @@ async def test_server_changes_reach_new_sockets_and_viewers(database_url, conn):
 
         async def listed() -> bool:
             async with Viewer.open(server) as w:
-                return "100000000000000009" in (await w.expect("server-list"))["data"]
+                return "new" in (await w.expect("server-list"))["data"]  # keyed by id (rule 22)
 
         await wait_for(listed, message="new server listed")
 

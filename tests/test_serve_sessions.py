@@ -85,13 +85,7 @@ async def test_every_joiner_gets_the_same_prepared_frame_bytes_and_is_subscribed
     await wait_for(lambda: len(first.transport.writes) == len(second.transport.writes) == 2, message="joined")
     state = hub.states[KEY]
     assert (
-        first.transport.writes[1]
-        is second.transport.writes[1]
-        is state.join_wire(
-            hub.info(KEY),  # type: ignore[arg-type]
-            None,
-            hub.settings.snapshot_max_users,
-        )
+        first.transport.writes[1] is second.transport.writes[1] is state.join_wire(hub.info(KEY), None)  # type: ignore[arg-type]
     )
     assert len(first.received()[1]["data"]["users"]) == MEMBERS
     assert state.viewers == {first, second} and session_of(hub, first).state is state

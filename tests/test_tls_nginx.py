@@ -102,11 +102,11 @@ async def test_a_draining_replica_behind_the_recipe(database_url: str, tmp_path:
             assert counts == (1, 1)
             first.process.send_signal(signal.SIGTERM)
 
-            async def first_unready() -> bool:
-                return await asyncio.to_thread(http_status, f"{first.base}/readyz") == 503
+            async def first_closed() -> bool:
+                return await asyncio.to_thread(http_status, f"{first.base}/healthz") is None
 
-            await wait_for(first_unready, timeout=3, message="the draining replica's /readyz to answer 503")
-            late = [await viewer() for _ in range(4)]  # none refused: nginx retries the 503 elsewhere
+            await wait_for(first_closed, timeout=5, message="the draining replica to stop accepting")
+            late = [await viewer() for _ in range(4)]  # none refused: nginx tries the next replica
             assert await asyncio.to_thread(open_connections, second.base) == 5
             uid = next(iter(USERS))
             await conn.execute("UPDATE discord_users SET status = 'dnd' WHERE user_id = $1", uid)
