@@ -5,7 +5,7 @@ VENV ?= .venv
 DEMO_ARGS ?=
 PYTHON ?= python3
 
-.PHONY: demo test lint
+.PHONY: demo test lint schema
 
 # constraints.txt pins every package to the versions the tests passed with (CI installs the same).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -25,3 +25,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# migrations/schema.sql, the schema at head in one file: regenerate it after adding a revision.
+schema: $(VENV)/.installed
+	$(VENV)/bin/python -m tests.schema_file

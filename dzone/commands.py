@@ -10,7 +10,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from dzone.localdb import LocalDBError, LocalPostgres
-from shared.db import CONNECT_ERRORS, describe_connect_error, redacted
+from shared.db import DATABASE_ERRORS, describe_connect_error, redacted
 from shared.db import migrate as run_migrations
 from shared.settings import ConfigError, DatabaseSettings, load
 
@@ -31,7 +31,7 @@ def migrate(sql: bool, revision: str) -> None:
         url = "postgresql://offline/dzone"  # --sql renders without connecting
     try:
         run_migrations(url, revision, sql=sql, pooler=settings.session_pooler)
-    except (SQLAlchemyError, *CONNECT_ERRORS) as exc:
+    except (SQLAlchemyError, *DATABASE_ERRORS) as exc:
         raise click.ClickException(f"migrating {redacted(url)} failed: {_database_error(exc)}") from None
     if not sql:
         click.echo(f"database at {redacted(url)} is at revision {revision}", err=True)
@@ -41,7 +41,7 @@ def _database_error(exc: BaseException) -> str:
     """The driver's own error under SQLAlchemy's wrapping, in one line."""
     orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the adapted driver error
     if isinstance(orig, BaseException):
-        exc = orig.__cause__ if isinstance(orig.__cause__, CONNECT_ERRORS) else orig
+        exc = orig.__cause__ if isinstance(orig.__cause__, DATABASE_ERRORS) else orig
     return describe_connect_error(exc)
 
 

@@ -32,7 +32,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from dzone.localdb import LocalDBError, LocalPostgres, free_port
-from shared.db import migrate, redacted
+from shared.db import DATABASE_ERRORS, migrate, redacted
 from shared.errors import DzoneError
 from shared.settings import ConfigError, DatabaseSettings, load
 
@@ -165,7 +165,7 @@ def server_count(url: str) -> int:
 
     try:
         return asyncio.run(count())
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except DATABASE_ERRORS:
         return 0
 
 
@@ -359,7 +359,7 @@ def run(demo_run: Demo, options: DemoOptions, *, database_url: str | None, real_
     progress.begin("schema: migrating")
     try:
         migrate(database_url)
-    except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
+    except (*DATABASE_ERRORS, SQLAlchemyError) as exc:
         raise DemoError(f"cannot migrate the database at {redacted(database_url)}: {exc}") from None
     progress.done()
 

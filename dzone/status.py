@@ -21,7 +21,7 @@ import asyncpg
 import click
 
 from shared import probe
-from shared.db import APP_STATUS, CONNECT_ERRORS, Pooler, connect, describe_connect_error, redacted
+from shared.db import APP_STATUS, DATABASE_ERRORS, Pooler, connect, describe_connect_error, redacted
 from shared.errors import DzoneError
 from shared.feed import CHANNEL, LISTENER_APPLICATION_NAME
 from shared.settings import ConfigError, DatabaseSettings, load
@@ -163,7 +163,7 @@ async def read_status(
     """
     try:
         conn = await connect(url, timeout=op_timeout_s, application_name=APP_STATUS, pooler=pooler)
-    except CONNECT_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise StatusError(f"cannot connect to {redacted(url)}: {describe_connect_error(exc)}") from None
     try:
         servers = [ServerRow(**dict(row)) for row in await conn.fetch(SERVERS_SQL, timeout=op_timeout_s)]
@@ -180,7 +180,7 @@ async def read_status(
         audit = [AuditRow(**dict(row)) for row in audit_rows]
     except asyncpg.UndefinedTableError:
         raise StatusError("the database has no dzone schema yet: run `dzone migrate`") from None
-    except CONNECT_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise StatusError(f"reading {redacted(url)} failed: {describe_connect_error(exc)}") from None
     finally:
         await conn.close()

@@ -24,7 +24,7 @@ from discord import app_commands
 
 from ingest import actions
 from ingest.actions import Actor, CommandRefused
-from shared.db import APP_INGEST_COMMANDS, create_pool
+from shared.db import APP_INGEST_COMMANDS, DATABASE_ERRORS, create_pool
 from shared.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -32,12 +32,6 @@ log = structlog.get_logger(__name__)
 Action = Callable[[asyncpg.Connection], Awaitable[str]]
 
 # The database did not answer (down, restarting, refusing us, too slow): the member is told so.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 DATABASE_DOWN = "The town's database is not answering right now; please try again in a minute."
 BROKEN = "Something went wrong on the bot's side; the operator will find it in the ingest's log."
 VIEWERS_WINDOW_S = 30.0  # serve reports older than this do not count as viewers now

@@ -85,19 +85,6 @@ def clean_text(text: str, max_chars: int) -> str:
     return text[:max_chars]
 
 
-def row_from_data(
-    server_id: int | str, user_id: int | str, display_name: str, raw_status: str, roles: Iterable[RoleView]
-) -> MemberRow:
-    """The row of a member given as plain data."""
-    return MemberRow(
-        str(server_id),
-        str(user_id),
-        clean_text(display_name, USERNAME_MAX_CHARS),
-        status_name(raw_status),
-        highest_role_color(roles),
-    )
-
-
 def server_name(name: str | None, server_id: int | str) -> str:
     """A name discord_servers accepts (not blank, <= 100 chars); falls back to the id."""
     cleaned = clean_text(name or "", SERVER_NAME_MAX_CHARS)

@@ -37,7 +37,16 @@ from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, RoleRow
 from ingest.pending import Batch, ChatLine, GuildOp, PendingWork, Taken
 from ingest.store import ROW_ERRORS
-from shared.db import APP_INGEST, APP_INGEST_SYNC, POOLER_ERRORS, POOLER_HINT, Pooler, connect, redacted
+from shared.db import (
+    APP_INGEST,
+    APP_INGEST_SYNC,
+    DATABASE_ERRORS,
+    POOLER_ERRORS,
+    POOLER_HINT,
+    Pooler,
+    connect,
+    redacted,
+)
 from shared.settings import IngestSettings, default_of
 
 log = structlog.get_logger(__name__)
@@ -462,7 +471,7 @@ class Writer:
                 "pending_rows": self.pending_rows,
                 "url": redacted(self._url),
             }
-            if isinstance(exc, (asyncpg.PostgresError, *TRANSIENT_ERRORS, asyncpg.InterfaceError)):
+            if isinstance(exc, (*DATABASE_ERRORS, *TRANSIENT_ERRORS)):
                 emit = log.error if fields["permanent"] else log.warning  # permanent: an operator must act
                 emit("database_write_failed" if first else "database_still_failing", **fields)
             else:  # not the database's doing: a bug of ours, with its traceback

@@ -104,7 +104,7 @@ class FeedListener:
                 await self._watch(probe, lost)
             except asyncio.CancelledError:
                 raise
-            except db.CONNECT_ERRORS as exc:
+            except db.DATABASE_ERRORS as exc:
                 self._set_connected(False, db.describe_connect_error(exc))
             except Exception as exc:
                 self._set_connected(False, f"{type(exc).__name__}: {exc}")
@@ -152,13 +152,13 @@ class FeedListener:
     async def _send_probe(self, probe: FeedProbe, message: Probe) -> None:
         try:
             await asyncio.wait_for(self._send_notify(PROBE_CHANNEL, encode(message)), self._probe_timeout_s)
-        except db.CONNECT_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             probe.send_failed(message, db.describe_connect_error(exc))
 
     async def _answer(self, message: Answer) -> None:
         try:
             await asyncio.wait_for(self._send_notify(ANSWER_CHANNEL, encode(message)), self._probe_timeout_s)
-        except db.CONNECT_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("probe_answer_failed", error=db.describe_connect_error(exc))
 
     def _set_connected(self, up: bool, error: str | None) -> None:

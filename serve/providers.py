@@ -15,6 +15,7 @@ import structlog
 
 from serve import queries
 from serve.world import Member, Roster, ServerInfo, database_order
+from shared.db import DATABASE_ERRORS
 from shared.discord_rules import DEFAULT_ROLE_COLOR as DEFAULT_ROLE_COLOR  # one of the callbacks' defaults
 from shared.errors import DzoneError
 from shared.feed import ServerChanged
@@ -39,7 +40,7 @@ async def db_servers(pool: asyncpg.Pool) -> list[ServerInfo]:
     """Enabled, present servers in server-list order; ``id`` is the alias when there is one."""
     try:
         rows = await pool.fetch(queries.SERVERS)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise ProviderError(f"reading discord_servers failed: {exc!r}") from exc
     servers = [
         ServerInfo(
@@ -80,7 +81,7 @@ async def db_members(pool: asyncpg.Pool, key: str) -> Roster:
     """All members of one server, oldest change first (so ``touched`` follows ``last_seen``)."""
     try:
         rows = await pool.fetch(queries.MEMBERS, key)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise ProviderError(f"reading discord_users of {key} failed: {exc!r}") from exc
     rows.sort(key=lambda r: (r["last_seen"] is not None, r["last_seen"]))
     shown = {
@@ -92,7 +93,7 @@ async def db_members(pool: asyncpg.Pool, key: str) -> Roster:
 async def db_is_member(pool: asyncpg.Pool, key: str, user_id: str) -> bool:
     try:
         return bool(await pool.fetchval(queries.IS_MEMBER, key, user_id))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise ProviderError(f"membership check in {key} failed: {exc!r}") from exc
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 import asyncpg
 import structlog
 
+from shared.db import DATABASE_ERRORS
+
 log = structlog.get_logger(__name__)
 
 REPORT = """
@@ -53,7 +55,7 @@ class ViewerReport:
         while True:
             try:
                 await self.report()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 self.failures += 1
                 log.warning(
                     "viewer_report_failed", error=f"{type(exc).__name__}: {exc}", instance=self.instance
@@ -64,7 +66,7 @@ class ViewerReport:
         """Remove this process's rows (at close; a failure leaves them to expire from /dzone status)."""
         try:
             await self.pool.execute(FORGET, self.instance, timeout=REPORT_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning(
                 "viewer_report_not_removed", error=f"{type(exc).__name__}: {exc}", instance=self.instance
             )

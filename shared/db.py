@@ -39,8 +39,10 @@ APP_STATUS = "dzone-status"
 POOLER_ERRORS = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
 POOLER_HINT = "behind a transaction pooler? set DZONE_DATABASE_POOLER=transaction (docs/postgres.md)"
 
-# Errors that mean "could not reach or log in to PostgreSQL" (TLS refusals are OSError subclasses).
-CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database failed us: unreachable, refusing the login, too slow, the connection lost, or the statement
+# refused (TLS refusals are OSError subclasses). Every caller that reports "the database" catches these.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+CONNECT_ERRORS = DATABASE_ERRORS  # its former name, kept while serve/api.py (being reworked) still says it
 
 
 def sqlalchemy_url(url: str) -> str:

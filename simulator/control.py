@@ -141,7 +141,7 @@ class ControlApi:
             "faults/bot-added": self.fault_bot_added,
             "faults/guild-unavailable": self.fault_guild_unavailable,
             "faults/guild-available": self.fault_guild_available,
-            "faults/expire-sessions": self.fault_expire_sessions,
+            "faults/end-sessions": self.fault_end_sessions,
             "faults/rest": self.fault_rest,
             "faults/chunks": self.fault_chunks,
             "faults/close": self.fault_close,
@@ -346,8 +346,8 @@ class ControlApi:
     async def fault_guild_available(self, body: Body) -> None:
         await self.sim.end_guild_outage(_snowflake(body, "guild_id"))
 
-    async def fault_expire_sessions(self, body: Body) -> dict[str, int]:
-        return {"sessions": self.sim.expire_sessions()}
+    async def fault_end_sessions(self, body: Body) -> dict[str, int]:
+        return {"sessions": self.sim.end_all_sessions()}
 
     async def fault_rest(self, body: Body) -> dict[str, int]:
         count = _integer(body, "count", default=1)

@@ -55,7 +55,6 @@ PRIVILEGED_INTENT_BITS = {
 APPLICATION_FLAG_BITS = {"presences": 1 << 13, "members": 1 << 15, "message_content": 1 << 19}
 
 CHUNK_SIZE = 1000  # Discord's GUILD_MEMBERS_CHUNK size
-ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 WRITE_BATCH = 256  # frames per transport.write
 WRITE_BUFFER_LIMIT = 1 << 20  # bytes buffered in the transport before the writer waits
 INBOUND_BUDGET = 240  # payloads per INBOUND_WINDOW_S (Discord allows 120/60 s; discord.py keeps below it)
@@ -483,7 +482,7 @@ class GatewayHub:
         )
         return len(connections)
 
-    def expire_all_sessions(self) -> int:
+    def end_all_sessions(self) -> int:
         """Every session ends and every connection drops: the clients' RESUME gets INVALID_SESSION false."""
         count = len(self.sessions)
         for session in list(self.sessions.values()):

@@ -110,17 +110,6 @@ class MemberPayload(TypedDict):
     user: NotRequired[UserPayload]  # left out where the user is beside it (a message's author)
 
 
-class MemberEventPayload(MemberPayload):
-    """GUILD_MEMBER_ADD / GUILD_MEMBER_UPDATE."""
-
-    guild_id: str
-
-
-class MemberRemovePayload(TypedDict):
-    guild_id: str
-    user: UserPayload
-
-
 class PartialUser(TypedDict):
     id: str
 

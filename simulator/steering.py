@@ -232,9 +232,9 @@ class Steering:
         """GUILD_CREATE ``unavailable: false`` with the guild as it is now."""
         self.engine.end_outage(guild_id)
 
-    def expire_sessions(self) -> int:
+    def end_all_sessions(self) -> int:
         """End every session and drop every connection: the clients' RESUME fails (INVALID_SESSION false)."""
-        return self.hub.expire_all_sessions()
+        return self.hub.end_all_sessions()
 
     def queue_rest_faults(self, faults: Sequence[RestFault]) -> int:
         """The next bot REST requests get these errors (5xx, or 429 with Retry-After), in order."""

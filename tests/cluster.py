@@ -378,15 +378,13 @@ class Cluster:
         """The first full sync is done: rows equal the truth (nothing churns yet)."""
         await _wait(self.converged, STARTUP_TIMEOUT_S, "the first full sync", self)
 
-    async def pause_and_converge(
-        self, fault: str, budget: float, give_up_s: float = SHOWN_WHEN_LATE_S
-    ) -> float:
+    async def pause_and_converge(self, fault: str, budget: float) -> float:
         """Stop every change, then the seconds until the database and viewers equal the truth."""
         self.sim.pause()
         self._colouring.clear()
         started = time.monotonic()
         try:
-            await _wait(self.converged, give_up_s, f"convergence after {fault}", self)
+            await _wait(self.converged, SHOWN_WHEN_LATE_S, f"convergence after {fault}", self)
         except AssertionError:
             CONVERGENCE.append((fault, None))
             raise

@@ -28,7 +28,6 @@ from simulator.testing import SIM_TOKEN
 from tests.cluster import (
     CONVERGE_BUDGET_AFTER_RESTART_S,
     CONVERGE_BUDGET_S,
-    SHOWN_WHEN_LATE_S,
     Cluster,
     Ingest,
     IngestProcess,
@@ -50,7 +49,6 @@ class Fault:
     serves: int = 1
     needs_local_pg: bool = False  # restarts or reconfigures the PostgreSQL server itself
     pooled: bool = False  # the ingest and the serve go through a PgBouncer in transaction mode
-    known_bug: str | None = None  # an ingest bug this case finds that is not fixed yet (strict xfail)
     sim: dict[str, Any] = field(default_factory=dict)  # more SimConfig fields (Discord's limits)
 
 
@@ -170,7 +168,7 @@ async def guild_outage(c: Cluster, pg: PgServer) -> None:
 
 
 async def session_expiry(c: Cluster, pg: PgServer) -> None:
-    c.sim.expire_sessions()
+    c.sim.end_all_sessions()
     await counter_rises(c, "identify")
 
 
@@ -379,14 +377,7 @@ FAULTS = [
 ]
 
 
-CASES = [
-    pytest.param(
-        f,
-        id=f.name,
-        marks=[pytest.mark.xfail(strict=True, reason=f.known_bug)] if f.known_bug else [],
-    )
-    for f in FAULTS
-]
+CASES = [pytest.param(f, id=f.name) for f in FAULTS]
 
 
 @pytest.mark.slow
@@ -411,6 +402,4 @@ async def test_system_converges_after(fault: Fault, pg: PgServer, database_url: 
         )
         await fault.script(c, pg)
         await c.churn()
-        # a known bug is shown to be there as soon as it is sure: past the budget and some margin
-        give_up = fault.budget + 5 if fault.known_bug else SHOWN_WHEN_LATE_S
-        await c.pause_and_converge(fault.name, fault.budget, give_up)
+        await c.pause_and_converge(fault.name, fault.budget)

@@ -7,10 +7,10 @@ from ingest.mapping import (
     clean_text,
     color_hex,
     highest_role_color,
-    row_from_data,
     server_name,
     status_name,
 )
+from ingest.members import GuildMembers
 from shared.discord_rules import DEFAULT_ROLE_COLOR
 
 
@@ -43,11 +43,16 @@ def test_position_tie_is_broken_like_discord_older_role_higher() -> None:
     assert highest_role_color(roles) == "#ff0000"
 
 
-def test_row_from_data_uses_display_name_and_strips_nul() -> None:
-    row = row_from_data(1, 2, "Nick\x00name" + "x" * 200, "dnd", [RoleView(1, 5, 0x00FF00)])
+def test_a_member_row_has_the_display_name_cut_and_without_nul() -> None:
+    guild = GuildMembers(1, {5: RoleView(1, 5, 0x00FF00)})
+    nick = "Nick\x00name" + "x" * 200
+    user_id, member, _ = guild.upsert(
+        {"user": {"id": "2", "username": "user"}, "nick": nick, "roles": ["5"]}, status_name("dnd")
+    )
+    row = guild.row(user_id, member)
     assert row.server_id == "1" and row.user_id == "2"
     assert row.username.startswith("Nickname") and len(row.username) == 100
-    assert row.status == "dnd" and row.role_color == "#00ff00"
+    assert row.status == "dnd" and row.role_color == "#00ff00" and row.role_ids == "5"
 
 
 def test_clean_text_and_server_name() -> None:

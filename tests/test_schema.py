@@ -1,17 +1,33 @@
-"""The schema as alembic builds it: round trips, the guide's SQL verbatim, and every constraint."""
+"""The schema as alembic builds it: round trips, migrations/schema.sql exactly, landed revisions frozen,
+the guide's SQL verbatim, and every constraint."""
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from shared.db import downgrade, migrate
+from shared.db import MIGRATIONS, alembic_config, downgrade, migrate
+from tests import schema_file
 from tests.pg import PgServer, with_database
+
+# sha256 of every revision that has a successor. A landed revision is frozen: a database migrated before
+# an edit in place would silently differ from a new one. When a new head lands, pin its predecessor here.
+LANDED_REVISIONS = {
+    "0001_schema.py": "f1f4a4d58c97b1277213a13824472d89ad924993550060bcac5d07ae7301bf04",
+    "0002_channels.py": "8dd20561f9fde50c5dac2f29f5a6462931dcb18e252d8e7714ed8a969e755f4e",
+    "0003_server_feed.py": "36de055556480a7ee957f4ca05ae7f9a25f6532a615df4c8507606975c956722",
+    "0004_ingest_heartbeat.py": "f6e0dc701b561308dccc6a39922c3fd28a54c0e927562537ca95583207329982",
+    "0005_visibility.py": "3a9545683ab2c77bc15ee2a55fd155f6ae5de84b67466661cb362ee609d38486",
+    "0006_cheaper_row_checks.py": "1e8f0b3881f4b6c26f13aa3dbd96d5c6ad442902cd66feeb2ffb4bf1d4b3253b",
+}
 
 
 @pytest.fixture
@@ -49,6 +65,45 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
     assert asyncio.run(_tables(empty_database_url)) == {"alembic_version"}
     migrate(empty_database_url)
     assert schema <= asyncio.run(_tables(empty_database_url))
+
+
+def test_upgrade_head_on_an_empty_database_gives_exactly_schema_sql(empty_database_url: str) -> None:
+    if (major := schema_file.pg_dump_major()) != schema_file.PG_DUMP_MAJOR:
+        pytest.skip(f"pg_dump {major} prints schema.sql differently from pg_dump {schema_file.PG_DUMP_MAJOR}")
+    migrate(empty_database_url)
+    built, kept = schema_file.dump(empty_database_url), schema_file.SCHEMA_FILE.read_text()
+    if built != kept:
+        diff = difflib.unified_diff(
+            kept.splitlines(), built.splitlines(), "migrations/schema.sql", "upgrade head", lineterm=""
+        )
+        pytest.fail(
+            "migrations/schema.sql is not what `alembic upgrade head` builds on an empty database. After adding "
+            f"a revision, regenerate it with `{schema_file.REGENERATE}` and commit it; never edit it by hand.\n"
+            + "\n".join(list(diff)[:200])
+        )
+
+
+def _revisions_with_a_successor() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config("postgresql://unused/"))  # type: ignore[arg-type]
+    heads = set(scripts.get_heads())
+    return {Path(script.path).name for script in scripts.walk_revisions() if script.revision not in heads}
+
+
+def test_landed_revisions_are_frozen() -> None:
+    landed = _revisions_with_a_successor()
+    assert landed == set(LANDED_REVISIONS), (
+        "LANDED_REVISIONS in tests/test_schema.py must pin exactly the revisions that have a successor: "
+        f"add {sorted(landed - set(LANDED_REVISIONS))}, remove {sorted(set(LANDED_REVISIONS) - landed)}"
+    )
+    for name, pinned in LANDED_REVISIONS.items():
+        actual = hashlib.sha256((MIGRATIONS / "versions" / name).read_bytes()).hexdigest()
+        assert actual == pinned, (
+            f"migrations/versions/{name} was edited after a later revision landed: a database migrated "
+            "before the edit would differ from a new one. Revert the edit and add a new revision in "
+            "migrations/versions/ that makes the change (then `make schema`)."
+        )
 
 
 def test_dzone_migrate_command_creates_schema_visible_in_psql(empty_database_url: str) -> None:

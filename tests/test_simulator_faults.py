@@ -180,11 +180,11 @@ async def test_an_unavailable_guild_is_left_out_of_a_new_identify() -> None:
             assert_matches_truth(sim, client)
 
 
-async def test_expired_sessions_make_the_resume_fail_and_discord_py_identifies_again() -> None:
+async def test_ended_sessions_make_the_resume_fail_and_discord_py_identifies_again() -> None:
     async with Simulator(SimConfig(guild_sizes=[40], seed=25)) as sim, connected_client(sim) as client:
         guild_id = next(iter(sim.world.guilds))
         ready_again = client.wait_for("ready", timeout=EVENT_TIMEOUT)
-        assert sim.expire_sessions() == 1
+        assert sim.end_all_sessions() == 1
         user_id = humans(sim, guild_id)[0]
         await sim.set_presence(guild_id, user_id, flip(sim, user_id))
         await ready_again
@@ -323,7 +323,7 @@ async def test_fault_routes_over_http(http: aiohttp.ClientSession) -> None:
             assert response.status == 429 and response.headers["Retry-After"] == "0.5"
         await post("chunks", {"delay_s": 0.1, "drop": 2})
         assert (sim.hub.chunk_delay_s, sim.hub.chunks_to_drop) == (0.1, 2)
-        for route in ("black-hole", "expire-sessions"):
+        for route in ("black-hole", "end-sessions"):
             await post(route)
         await post("close", {"code": 4000})
         await post("delay-dispatches", {"seconds": 1})
