@@ -11,13 +11,13 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ingest.channels import ChannelRow
 from ingest.mapping import MemberRow, clean_text, server_name
 from shared.feed import MESSAGE_MAX_CHARS
 
-__all__ = ["Batch", "ChannelRow", "ChatLine", "Entry", "GuildOp", "PendingWork", "Taken"]
+__all__ = ["Batch", "ChannelRow", "ChatLine", "Entry", "GuildOp", "GuildOpKind", "PendingWork", "Taken"]
 
 
 class ChatLine(NamedTuple):
@@ -30,8 +30,13 @@ class ChatLine(NamedTuple):
     text: str
 
 
+GuildOpKind = Literal["sync", "depart", "rename"]
+
+
 class GuildOp(NamedTuple):
-    kind: str  # "sync" | "depart" | "rename"
+    """Work on a whole guild; ``name`` is only used by a rename."""
+
+    kind: GuildOpKind
     name: str = ""
 
 
@@ -99,7 +104,8 @@ class PendingWork:
         self.drop_rows(server_id)  # older than the departure
 
     def rename_guild(self, server_id: str, name: str) -> None:
-        if self.ops.get(server_id, GuildOp("")).kind in ("sync", "depart"):
+        current = self.ops.get(server_id)
+        if current is not None and current.kind in ("sync", "depart"):
             return  # the sync reads the current name; a departed guild keeps its last name
         self.ops[server_id] = GuildOp("rename", server_name(name, server_id))
 
