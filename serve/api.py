@@ -234,7 +234,7 @@ class WebSocketServer:
                     application_name=db.APP_SERVE,
                     pooler=s.database_pooler,
                 )
-            except db.CONNECT_ERRORS as exc:
+            except db.DATABASE_ERRORS as exc:
                 raise ServeError(
                     f"database unreachable at {db.redacted(s.database_url)}: {db.describe_connect_error(exc)}"
                 ) from None

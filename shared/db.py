@@ -42,7 +42,6 @@ POOLER_HINT = "behind a transaction pooler? set DZONE_DATABASE_POOLER=transactio
 # The database failed us: unreachable, refusing the login, too slow, the connection lost, or the statement
 # refused (TLS refusals are OSError subclasses). Every caller that reports "the database" catches these.
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-CONNECT_ERRORS = DATABASE_ERRORS  # its former name, kept while serve/api.py (being reworked) still says it
 
 
 def sqlalchemy_url(url: str) -> str:
